@@ -1,0 +1,76 @@
+"""``apfs/guests``: start and stop KVM guests on mediated matrix devices.
+
+Not sysfs: on a real host QEMU opens the mdev (``-device vfio_ap_matrix,sysfsdev=PATH``,
+seed steps 5 and 6) and the guest's CRYCB is loaded from the mdev's matrix.  Here the same
+``-device`` argument is written to ``guests/start``, and each running guest gets a directory
+showing what it sees: ``apqns``, ``crycb`` and ``lszcrypt``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+from apfs.ap.bus_tree import attribute_files
+from apfs.kernfs import Path, Subdirs, directory, wo
+from apfs.tree import Lookup
+from vdev.ap.bus import Attr
+from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
+from vdev.errors import DeviceError
+
+DEVICE = "vfio_ap_matrix"
+
+
+class GuestControl:
+    """Turns a QEMU ``-device`` argument (or a bare sysfsdev path) into a guest start/stop."""
+
+    def __init__(self, matrix: ApMatrix, resolve: Callable[[Path], Lookup]) -> None:
+        self.matrix = matrix
+        self._resolve = resolve
+
+    def store_start(self, text: str) -> None:
+        self.matrix.start_guest(self._mdev("start", text).uuid)
+
+    def store_stop(self, text: str) -> None:
+        self.matrix.stop_guest(self._mdev("stop", text).uuid)
+
+    def _mdev(self, attr: str, text: str) -> MatrixMdev:
+        """Accepts ``vfio_ap_matrix,sysfsdev=/sys/...`` or ``/sys/...``: any of the seed's four
+        sysfsdev spellings, resolved through the tree like QEMU's realpath() would."""
+        arg = text[:-1] if text.endswith("\n") else text
+        path = arg
+        if "," in arg or "=" in arg:
+            device, _, option = arg.partition(",")
+            key, _, path = option.partition("=")
+            if device != DEVICE or key != "sysfsdev":
+                raise DeviceError(errno.EINVAL, f"guests/{attr}: {arg!r} is not "
+                                  f"'{DEVICE},sysfsdev=/sys/...'")
+        if not path.startswith("/sys/"):
+            raise DeviceError(errno.EINVAL, f"guests/{attr}: sysfsdev {path!r} must be an "
+                              f"absolute /sys path")
+        try:
+            found = self._resolve(tuple(path.split("/")[1:]))
+        except OSError as exc:
+            raise DeviceError(exc.errno or errno.ENOENT, f"guests/{attr}: sysfsdev {path} "
+                              f"does not resolve: {os.strerror(exc.errno or errno.ENOENT)} "
+                              f"at {exc.strerror}") from None
+        mdev = found.node.obj if found.spec is None else None
+        if not isinstance(mdev, MatrixMdev):
+            raise DeviceError(errno.ENODEV, f"guests/{attr}: sysfsdev {path} is not a "
+                              f"mediated matrix device")
+        return mdev
+
+
+GUEST = directory(
+    "guest",
+    *attribute_files(GuestView, (Attr("apqns", 0o444), Attr("crycb", 0o444),
+                                 Attr("lszcrypt", 0o444))),
+)
+
+GUESTS = directory(
+    "guests",
+    wo("start", GuestControl.store_start),
+    wo("stop", GuestControl.store_stop),
+    Subdirs(GUEST, lambda control: control.matrix.guests),
+)

@@ -1,0 +1,385 @@
+"""A kernfs-like node model: the declarations device tables are written in.
+
+A device's sysfs surface is declared next to the device as a :class:`DirKind`: a table of
+files (text attributes, like the kernel's ``DEVICE_ATTR`` arrays) plus its child entries
+(sub-directories, symlinks, families of either drawn from a mapping in the device model).
+Declarations hold functions of the device object, never copies of its state: what a
+directory contains is computed from the model every time it is asked, so a ``write()`` that
+changes the model changes the tree with no bookkeeping in between.
+
+This module knows nothing about FUSE or about any particular device.  :mod:`apfs.tree` turns
+declarations into inodes; :mod:`apfs.fuseops` serves them.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vdev.errors import DeviceError
+
+PAGE_SIZE = 4096
+"""sysfs text attributes report this size and accept at most this many bytes per write()."""
+
+Path = tuple[str, ...]
+"""A location in the tree, as names from the mount root: ``("sys", "devices", "ap")``."""
+
+Show = Callable[[Any], str]
+Store = Callable[[Any, str], None]
+When = Callable[[Any], bool]
+
+
+class Handle(Protocol):
+    """What an open file is: per-open state (a show snapshot, a pending TPM response...)."""
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> int: ...
+
+
+class FileSpec(Protocol):
+    """One file of a directory table: knows its mode and how to open itself on an object."""
+
+    name: str
+    mode: int
+    when: When | None
+
+    def size(self, obj: Any) -> int: ...
+
+    def readable(self) -> bool: ...
+
+    def writable(self) -> bool: ...
+
+    def open(self, obj: Any) -> Handle: ...
+
+
+# --- text attributes ----------------------------------------------------------------------
+
+
+class TextHandle:
+    """An open sysfs text attribute (fs/kernfs/file.c semantics).
+
+    ``show()`` runs at each read at offset 0 and the result is kept as this open file's
+    snapshot, so a reader walking the file in pieces sees one consistent text; each
+    ``write()`` is one ``store()`` of the whole buffer, whatever the offset.
+    """
+
+    __slots__ = ("_attr", "_obj", "_snapshot")
+
+    def __init__(self, attr: Attr, obj: Any) -> None:
+        self._attr = attr
+        self._obj = obj
+        self._snapshot = b""
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset == 0:
+            assert self._attr.show is not None
+            # seq_file gives show() one page; the kernel keeps at most PAGE_SIZE - 1 bytes.
+            self._snapshot = self._attr.show(self._obj).encode()[: PAGE_SIZE - 1]
+        return self._snapshot[offset : offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        data = data[:PAGE_SIZE]
+        # store() sees a NUL-terminated C string: kstrto*() and sysfs_streq() stop at the
+        # first NUL, so "5\0junk" means "5" on a real kernel too.
+        text = data.split(b"\0", 1)[0].decode("latin-1")
+        assert self._attr.store is not None
+        self._attr.store(self._obj, text)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """A sysfs text attribute: ``show(obj) -> str`` and/or ``store(obj, text)``."""
+
+    name: str
+    mode: int
+    show: Show | None = None
+    store: Store | None = None
+    when: When | None = None
+    """Present only while ``when(obj)`` is true (e.g. ``online`` only under a host driver)."""
+
+    def size(self, obj: Any) -> int:
+        return PAGE_SIZE
+
+    def readable(self) -> bool:
+        return self.show is not None and bool(self.mode & 0o444)
+
+    def writable(self) -> bool:
+        return self.store is not None and bool(self.mode & 0o222)
+
+    def open(self, obj: Any) -> Handle:
+        return TextHandle(self, obj)
+
+
+def ro(name: str, show: Show, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_RO``: mode 0444."""
+    return Attr(name, 0o444, show=show, when=when)
+
+
+def wo(name: str, store: Store, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_WO``: mode 0200, root only, unreadable even for root."""
+    return Attr(name, 0o200, store=store, when=when)
+
+
+def rw(name: str, show: Show, store: Store, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_RW``: mode 0644."""
+    return Attr(name, 0o644, show=show, store=store, when=when)
+
+
+def device_attr_ro(cls: type, name: str, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_RO(name)``: the device class's ``show_<name>`` method."""
+    return ro(name, getattr(cls, f"show_{name}"), when)
+
+
+def device_attr_wo(cls: type, name: str, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_WO(name)``: the device class's ``store_<name>`` method."""
+    return wo(name, getattr(cls, f"store_{name}"), when)
+
+
+def device_attr_rw(cls: type, name: str, when: When | None = None) -> Attr:
+    """``DEVICE_ATTR_RW(name)``: ``show_<name>`` and ``store_<name>``."""
+    return rw(name, getattr(cls, f"show_{name}"), getattr(cls, f"store_{name}"), when)
+
+
+# --- snapshot files (not sysfs attributes: the apfs log) ------------------------------------
+
+
+class SnapshotHandle:
+    """Reads a whole text taken once at open; its size is the text's, not a page."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._data[offset : offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        raise DeviceError(errno.EACCES, "snapshot files are read-only")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A read-only file of any length whose content is fixed at open (a log, a report)."""
+
+    name: str
+    content: Callable[[Any], bytes]
+    mode: int = 0o444
+    when: When | None = None
+
+    def size(self, obj: Any) -> int:
+        return len(self.content(obj))
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def open(self, obj: Any) -> Handle:
+        return SnapshotHandle(self.content(obj))
+
+
+# --- child entries ----------------------------------------------------------------------------
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Subdir:
+    """One named sub-directory showing ``get(obj)``."""
+
+    name: str
+    kind: DirKind
+    get: Callable[[Any], Any] = _same
+    when: When | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subdirs:
+    """A family of sub-directories, one per item of the mapping ``items(obj)`` (name → object).
+
+    Unless ``stable``, members come and go with the model (mediated devices), so the kernel
+    is told not to cache their entries.
+    """
+
+    kind: DirKind
+    items: Callable[[Any], Mapping[str, Any]]
+    stable: bool = False
+    """True when the family never changes after mount (the cards of ``devices/ap``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One named symlink to ``target(obj)`` (a :data:`Path`), absent while that is None."""
+
+    name: str
+    target: Callable[[Any], Path | None]
+    conditional: bool = False
+    """True when the link may vanish or change target while its directory lives."""
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """A family of symlinks: one per item of ``items(obj)``, pointing at ``target(item)``."""
+
+    items: Callable[[Any], Mapping[str, Any]]
+    target: Callable[[Any], Path]
+    stable: bool = False
+    """True when the family never changes after mount (``bus/ap/devices``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """Hidden names: resolvable by lookup, never listed, each a symlink to a sibling.
+
+    ``resolve(obj, name)`` returns the sibling's name or None.  This is how the seed's
+    spellings that real sysfs would not have (``ap_matrix_passthrough``) still work.
+    """
+
+    resolve: Callable[[Any, str], str | None]
+
+
+Entry = Subdir | Subdirs | Link | Links | Alias
+
+
+# --- resolved children: what a lookup finds --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    index: int
+    spec: FileSpec
+    stable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FoundDir:
+    kind: DirKind
+    obj: Any
+    stable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FoundLink:
+    target: Path
+    """Absolute in the tree; for an :class:`Alias`, relative to the link's directory."""
+    stable: bool
+    relative: bool = False
+
+
+Found = FoundFile | FoundDir | FoundLink
+
+
+@dataclass(eq=False)
+class DirKind:
+    """The declaration of one kind of directory: its file table and its child entries."""
+
+    name: str
+    files: tuple[FileSpec, ...] = ()
+    entries: tuple[Entry, ...] = ()
+    _file_index: dict[str, int] = field(init=False, repr=False)
+    _named: dict[str, Subdir | Link] = field(init=False, repr=False)
+    _families: tuple[Subdirs | Links, ...] = field(init=False, repr=False)
+    _aliases: tuple[Alias, ...] = field(init=False, repr=False)
+
+    MAX_FILES = 127
+    """File inodes are encoded as directory inode + 1 + index (see :mod:`apfs.tree`)."""
+
+    def __post_init__(self) -> None:
+        if len(self.files) > self.MAX_FILES:
+            raise ValueError(f"{self.name}: more than {self.MAX_FILES} files")
+        self._file_index = {spec.name: i for i, spec in enumerate(self.files)}
+        self._named = {e.name: e for e in self.entries if isinstance(e, Subdir | Link)}
+        self._families = tuple(e for e in self.entries if isinstance(e, Subdirs | Links))
+        self._aliases = tuple(e for e in self.entries if isinstance(e, Alias))
+        clash = set(self._file_index) & set(self._named)
+        if len(self._file_index) != len(self.files) or clash:
+            raise ValueError(f"{self.name}: duplicate names {sorted(clash) or self.files}")
+
+    def lookup(self, obj: Any, name: str) -> Found | None:
+        """Resolve one name without listing the directory (families may be huge)."""
+        index = self._file_index.get(name)
+        if index is not None:
+            spec = self.files[index]
+            if spec.when is None:
+                return FoundFile(index, spec, True)
+            return FoundFile(index, spec, False) if spec.when(obj) else None
+        entry = self._named.get(name)
+        if entry is not None:
+            return _found_named(entry, obj)
+        for family in self._families:
+            item = family.items(obj).get(name)
+            if item is not None:
+                if isinstance(family, Subdirs):
+                    return FoundDir(family.kind, item, family.stable)
+                return FoundLink(family.target(item), family.stable)
+        for alias in self._aliases:
+            sibling = alias.resolve(obj, name)
+            if sibling is not None and sibling != name and self.lookup(obj, sibling):
+                return FoundLink((sibling,), False, relative=True)
+        return None
+
+    def listing(self, obj: Any) -> Iterator[tuple[str, Found]]:
+        """Every visible entry, files first, in declaration order (aliases are hidden)."""
+        for index, spec in enumerate(self.files):
+            if spec.when is None:
+                yield spec.name, FoundFile(index, spec, True)
+            elif spec.when(obj):
+                yield spec.name, FoundFile(index, spec, False)
+        for entry in self.entries:
+            if isinstance(entry, Subdir | Link):
+                found = _found_named(entry, obj)
+                if found is not None:
+                    yield entry.name, found
+            elif isinstance(entry, Subdirs):
+                for name, item in entry.items(obj).items():
+                    yield name, FoundDir(entry.kind, item, entry.stable)
+            elif isinstance(entry, Links):
+                for name, item in entry.items(obj).items():
+                    yield name, FoundLink(entry.target(item), entry.stable)
+
+    def subdir_count(self, obj: Any) -> int:
+        """For ``st_nlink = 2 + subdirs``; families are counted by their mapping's size."""
+        count = 0
+        for entry in self.entries:
+            if isinstance(entry, Subdir):
+                count += entry.when is None or entry.when(obj)
+            elif isinstance(entry, Subdirs):
+                count += len(entry.items(obj))
+        return count
+
+
+def _found_named(entry: Subdir | Link, obj: Any) -> Found | None:
+    if isinstance(entry, Subdir):
+        if entry.when is not None and not entry.when(obj):
+            return None
+        return FoundDir(entry.kind, entry.get(obj), entry.when is None)
+    target = entry.target(obj)
+    return None if target is None else FoundLink(target, not entry.conditional)
+
+
+def directory(name: str, *entries: Entry | FileSpec) -> DirKind:
+    """Declare a directory from a mixed list of files and entries, in listing order."""
+    files = tuple(e for e in entries if not isinstance(e, Entry))
+    children = tuple(e for e in entries if isinstance(e, Entry))
+    return DirKind(name, files, children)  # type: ignore[arg-type]
+
+
+def relative_link(link_dir: Path, target: Path) -> str:
+    """The kernel's symlink text: up to the common ancestor, then down (kernfs_get_target_path)."""
+    common = 0
+    for a, b in zip(link_dir, target, strict=False):
+        if a != b:
+            break
+        common += 1
+    ups = len(link_dir) - common
+    return "/".join([".."] * ups + list(target[common:])) or "."

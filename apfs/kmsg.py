@@ -1,0 +1,45 @@
+"""The daemon's log as a dmesg-like ring buffer, readable inside the mount at ``apfs/log``.
+
+Administrators look for the reason of a refused ``echo`` in the kernel log; apfs keeps the
+same habit: every refusal is one line here (and in the daemon's log file, if any).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+
+class KernelLog:
+    """Timestamped lines, oldest dropped first once ``max_bytes`` is exceeded."""
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self._lines: deque[bytes] = deque()
+        self._size = 0
+        self._max_bytes = max_bytes
+        self._start = time.monotonic()
+
+    def append(self, text: str) -> None:
+        line = f"[{time.monotonic() - self._start:12.6f}] {text}\n".encode(errors="replace")
+        self._lines.append(line)
+        self._size += len(line)
+        while self._size > self._max_bytes and len(self._lines) > 1:
+            self._size -= len(self._lines.popleft())
+
+    def content(self) -> bytes:
+        return b"".join(self._lines)
+
+
+class KernelLogHandler(logging.Handler):
+    """Feeds Python log records (message only, like printk) into a :class:`KernelLog`."""
+
+    def __init__(self, kmsg: KernelLog) -> None:
+        super().__init__()
+        self._kmsg = kmsg
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._kmsg.append(record.getMessage())
+        except Exception:  # logging must never break a FUSE handler
+            self.handleError(record)

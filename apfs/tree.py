@@ -1,0 +1,226 @@
+"""Inodes for a tree of :mod:`apfs.kernfs` declarations.
+
+Directories and symlinks the kernel has seen get a small :class:`Node` record, interned by
+(parent, name) so a name keeps its inode while it means the same thing.  Files get no record
+at all: a file's inode is its directory's inode + 1 + its index in the directory's file table,
+which keeps a 256x256 host (about 800,000 attribute files) to about 200,000 records.
+
+Records never hold device state; they hold the object a declaration was resolved against.
+Whether a record still means what it meant is checked by resolving its name again in its
+parent — but only after a write, since nothing else changes the tree.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from apfs.kernfs import DirKind, FileSpec, FoundDir, FoundFile, FoundLink, Path, relative_link
+
+INO_SHIFT = 7
+"""Low bits of an inode number index a directory's file table (0 = the directory itself)."""
+FUSE_ROOT_INO = 1
+
+
+class Node:
+    """A directory or symlink the kernel knows by inode number."""
+
+    __slots__ = ("checked", "ino", "kids", "kind", "name", "obj", "parent", "path", "stable",
+                 "target")
+
+    def __init__(self, ino: int, parent: Node | None, name: str, path: Path, stable: bool,
+                 kind: DirKind | None = None, obj: Any = None, target: str | None = None):
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.path = path
+        self.stable = stable
+        self.kind = kind
+        self.obj = obj
+        self.target = target
+        self.kids: dict[str, Node] = {}
+        self.checked = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is not None
+
+
+class Lookup:
+    """What a name resolved to: a record (directory/symlink) or a file of a directory."""
+
+    __slots__ = ("ino", "node", "spec", "stable")
+
+    def __init__(self, ino: int, node: Node, spec: FileSpec | None, stable: bool) -> None:
+        self.ino = ino
+        self.node = node  # for a file: its directory
+        self.spec = spec
+        self.stable = stable
+
+
+class Tree:
+    """The inode table over one root declaration."""
+
+    def __init__(self, root_kind: DirKind, root_obj: Any) -> None:
+        self._next_id = 1
+        self._nodes: dict[int, Node] = {}
+        self.generation = 1
+        """Bumped after every accepted write; records re-check themselves when it moved."""
+        self.root = self._new_node(None, "", (), True, kind=root_kind, obj=root_obj)
+        self.root.checked = self.generation
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _new_node(self, parent: Node | None, name: str, path: Path, stable: bool,
+                  **what: Any) -> Node:
+        ino = self._next_id << INO_SHIFT
+        self._next_id += 1
+        node = Node(ino, parent, name, path, stable, **what)
+        node.checked = self.generation
+        self._nodes[ino] = node
+        if parent is not None:
+            parent.kids[name] = node
+        return node
+
+    def changed(self) -> None:
+        """A write was accepted: any record may now mean something else."""
+        self.generation += 1
+
+    def forget(self, ino: int) -> None:
+        """The kernel dropped ``ino``; keep live records (stable numbers), drop dead ones."""
+        node = self._nodes.get(ino)
+        if node is not None and node is not self.root and not self._alive(node):
+            self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        self._nodes.pop(node.ino, None)
+        if node.parent is not None and node.parent.kids.get(node.name) is node:
+            del node.parent.kids[node.name]
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def _alive(self, node: Node) -> bool:
+        if node.checked == self.generation:
+            return True
+        parent = node.parent
+        if parent is None:
+            return True
+        if not self._alive(parent):
+            return False
+        assert parent.kind is not None
+        found = parent.kind.lookup(parent.obj, node.name)
+        if not _same_meaning(node, found):
+            self._drop(node)
+            return False
+        node.checked = self.generation
+        return True
+
+    def lookup(self, parent: Node, name: str) -> Lookup:
+        """Resolve ``name`` in ``parent``; raise OSError(ENOENT) when it does not exist."""
+        if parent.kind is None or not self._alive(parent):
+            raise OSError(errno.ENOENT, name)
+        found = parent.kind.lookup(parent.obj, name)
+        if found is None:
+            raise OSError(errno.ENOENT, name)
+        return self.intern(parent, name, found)
+
+    def intern(self, parent: Node, name: str, found: FoundFile | FoundDir | FoundLink) -> Lookup:
+        """The record (or file inode) for an entry of ``parent`` that was just resolved."""
+        if isinstance(found, FoundFile):
+            return Lookup(parent.ino + 1 + found.index, parent, found.spec, found.stable)
+        node = parent.kids.get(name)
+        if node is None or not _same_meaning(node, found):
+            if node is not None:
+                self._drop(node)
+            path = (*parent.path, name)
+            if isinstance(found, FoundDir):
+                node = self._new_node(parent, name, path, found.stable, kind=found.kind,
+                                      obj=found.obj)
+            else:
+                node = self._new_node(parent, name, path, found.stable,
+                                      target=_link_text(parent.path, found))
+        else:
+            node.checked = self.generation
+        return Lookup(node.ino, node, None, node.stable)
+
+    def get(self, ino: int) -> Lookup:
+        """Decode an inode number the kernel sent; ENOENT when it no longer exists."""
+        if ino == FUSE_ROOT_INO:
+            return Lookup(FUSE_ROOT_INO, self.root, None, True)
+        node = self._nodes.get(ino & ~((1 << INO_SHIFT) - 1))
+        if node is None or not self._alive(node):
+            raise OSError(errno.ENOENT, str(ino))
+        index = (ino & ((1 << INO_SHIFT) - 1)) - 1
+        if index < 0:
+            return Lookup(ino, node, None, node.stable)
+        assert node.kind is not None
+        if index >= len(node.kind.files):
+            raise OSError(errno.ENOENT, str(ino))
+        spec = node.kind.files[index]
+        if spec.when is not None and not spec.when(node.obj):
+            raise OSError(errno.ENOENT, f"{'/'.join(node.path)}/{spec.name}")
+        return Lookup(ino, node, spec, spec.when is None)
+
+    def listing(self, node: Node) -> list[tuple[str, Lookup]]:
+        """Every entry of a directory, interned, for readdir."""
+        if node.kind is None or not self._alive(node):
+            raise OSError(errno.ENOENT, "/".join(node.path))
+        return [(name, self.intern(node, name, found))
+                for name, found in node.kind.listing(node.obj)]
+
+    def resolve(self, path: Path, follow: bool = True, _depth: int = 0) -> Lookup:
+        """Walk ``path`` from the root like the kernel would, following symlinks."""
+        if _depth > 8:
+            raise OSError(errno.ELOOP, "/".join(path))
+        here = Lookup(FUSE_ROOT_INO, self.root, None, True)
+        for i, name in enumerate(path):
+            if here.spec is not None:
+                raise OSError(errno.ENOTDIR, "/".join(path[:i]))
+            if name in ("", "."):
+                continue
+            if name == "..":
+                parent = here.node.parent or self.root
+                here = Lookup(parent.ino, parent, None, True)
+                continue
+            here = self.lookup(here.node, name)
+            last = i == len(path) - 1
+            if here.spec is None and here.node.target is not None and (follow or not last):
+                link_dir = here.node.path[:-1]
+                joined = link_dir + tuple(here.node.target.split("/"))
+                here = self.resolve(_normalize(joined), True, _depth + 1)
+        return here
+
+    def path_of(self, lookup: Lookup) -> str:
+        """A human-readable path for log lines."""
+        parts = lookup.node.path
+        if lookup.spec is not None:
+            parts = (*parts, lookup.spec.name)
+        return "/".join(parts)
+
+
+def _same_meaning(node: Node, found: FoundFile | FoundDir | FoundLink | None) -> bool:
+    if isinstance(found, FoundDir):
+        return node.kind is found.kind and node.obj is found.obj
+    if isinstance(found, FoundLink):
+        assert node.parent is not None
+        return node.target == _link_text(node.parent.path, found)
+    return False
+
+
+def _link_text(link_dir: Path, found: FoundLink) -> str:
+    if found.relative:
+        return "/".join(found.target)
+    return relative_link(link_dir, found.target)
+
+
+def _normalize(path: Path) -> Path:
+    out: list[str] = []
+    for name in path:
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(name)
+    return tuple(out)

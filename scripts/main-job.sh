@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The main job: mount the default host, run the AP matrix document's two-guest example
+# (steps 1-4 through scripts/seed-workflow.sh, then steps 5 and 6 through the guests
+# directory), show what each guest sees and the kernel-style log, and unmount.
+# Exits non-zero on any failure, including guests that do not see the seed's APQNs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+
+WORK="$(mktemp -d -t apfs-main-job.XXXXXX)"
+MNT="$WORK/mnt"
+mkdir "$MNT"
+
+is_mounted() { awk -v m="$MNT" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
+
+cleanup() {
+    if is_mounted; then
+        .venv/bin/apfs umount "$MNT" || fusermount3 -u -z "$MNT" || true
+    fi
+    # rmdir, not rm -rf: should the unmount have failed, never recurse into a live mount.
+    rm -f "$WORK/seed.out"
+    rmdir "$MNT" "$WORK" 2>/dev/null || echo "main-job: could not remove $WORK" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "+ apfs mount $MNT"
+.venv/bin/apfs mount "$MNT"
+
+bash scripts/seed-workflow.sh "$MNT/sys" | tee "$WORK/seed.out"
+uuid1="$(sed -n 's/^uuid1=//p' "$WORK/seed.out")"
+uuid2="$(sed -n 's/^uuid2=//p' "$WORK/seed.out")"
+[[ -n "$uuid1" && -n "$uuid2" ]] || { echo "main-job: seed-workflow gave no uuids" >&2; exit 1; }
+
+# Steps 5 and 6: the QEMU -device argument, written where apfs starts guests.
+for uuid in "$uuid1" "$uuid2"; do
+    echo "+ echo \"vfio_ap_matrix,sysfsdev=/sys/devices/ap_matrix/matrix/$uuid\" > \$MNT/apfs/guests/start"
+    echo "vfio_ap_matrix,sysfsdev=/sys/devices/ap_matrix/matrix/$uuid" >"$MNT/apfs/guests/start"
+done
+
+for guest in 1 2; do
+    var="uuid$guest"
+    dir="$MNT/apfs/guests/${!var}"
+    for file in lszcrypt apqns crycb; do
+        echo "== Guest$guest ($file)"
+        cat "$dir/$file"
+    done
+done
+
+# The APQNs the seed's lszcrypt tables show for each guest.
+check_apqns() {
+    local got
+    got="$(sort "$MNT/apfs/guests/$1/apqns" | paste -sd' ')"
+    [[ "$got" == "$2" ]] || { echo "main-job: $3 has APQNs '$got', expected '$2'" >&2; exit 1; }
+}
+check_apqns "$uuid1" "05.0004 05.00ab 06.0004 06.00ab" Guest1
+check_apqns "$uuid2" "05.0047 05.00ff" Guest2
+
+echo "== apfs/log"
+cat "$MNT/apfs/log"
+
+echo "+ apfs umount $MNT"
+.venv/bin/apfs umount "$MNT"
+echo "main-job: OK"

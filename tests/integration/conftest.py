@@ -1,0 +1,113 @@
+"""Real mounts for integration tests: each test gets a fresh apfs daemon of its own.
+
+The daemon runs in its own process (pyfuse3 allows one mount per process, and a crash must not
+take pytest down); teardown always unmounts, lazily if it must, so no test leaves a mount.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+if not os.path.exists("/dev/fuse"):
+    pytest.exit("integration tests need /dev/fuse (modprobe fuse)", returncode=1)
+
+
+def apfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ``apfs`` CLI of this interpreter."""
+    return subprocess.run([sys.executable, "-m", "apfs.cli", *args], capture_output=True,
+                          text=True, check=check, timeout=60)
+
+
+@dataclass
+class Shell:
+    """What an administrator's bash session sees."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Mount:
+    root: Path
+
+    @property
+    def sys(self) -> Path:
+        return self.root / "sys"
+
+    def bash(self, script: str, cwd: Path | None = None) -> Shell:
+        """Run ``script`` with bash (dash reports every failed echo as I/O error)."""
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              cwd=cwd or self.root, timeout=60,
+                              env={**os.environ, "SYS": str(self.sys), "MNT": str(self.root)})
+        return Shell(done.returncode, done.stdout, done.stderr)
+
+    def read(self, relative: str) -> str:
+        return (self.root / relative).read_text()
+
+    def log(self) -> str:
+        return self.read("apfs/log")
+
+
+def mount_at(path: Path, config: Path | None = None) -> Mount:
+    args = ["mount", *(["--config", str(config)] if config else []), str(path)]
+    apfs(*args)
+    return Mount(path)
+
+
+def unmount(mount: Mount) -> None:
+    if os.path.ismount(mount.root) or _dead(mount.root):
+        result = apfs("umount", str(mount.root), check=False)
+        if result.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(mount.root)], check=False)
+
+
+def _dead(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Mount]:
+    """The embedded default host (the seed's), mounted fresh for one test."""
+    root = tmp_path / "mnt"
+    root.mkdir()
+    m = mount_at(root)
+    try:
+        yield m
+    finally:
+        unmount(m)
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator:
+    """Mount any number of hosts (optionally from a TOML text) in fresh directories."""
+    mounts: list[Mount] = []
+
+    def make(config_text: str | None = None) -> Mount:
+        index = len(mounts)
+        root = tmp_path / f"mnt{index}"
+        root.mkdir()
+        config = None
+        if config_text is not None:
+            config = tmp_path / f"host{index}.toml"
+            config.write_text(config_text)
+        m = mount_at(root, config)
+        mounts.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in mounts:
+            unmount(m)

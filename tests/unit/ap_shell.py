@@ -1,0 +1,48 @@
+"""A tiny ``echo``/``cat`` front end over the AP model, so tests read like the seed.
+
+Test helper only: it maps the sysfs paths the seed uses to model objects; the real path
+table is the FUSE layer's job.
+"""
+
+from __future__ import annotations
+
+from vdev.ap import DEFAULT_HOST_TOML, ApBus, ApMatrix, HostConfig
+
+MATRIX = "/sys/devices/ap_matrix/matrix"
+TYPE_DIR = f"{MATRIX}/mdev_supported_types/ap_matrix-passthrough"
+
+
+class Shell:
+    """``sh.echo("05.0004", "/sys/bus/ap/drivers/cex4queue/unbind")``, ``sh.cat(path)``."""
+
+    def __init__(self, toml: str = DEFAULT_HOST_TOML, **matrix_options: int) -> None:
+        self.bus = ApBus(HostConfig.from_toml(toml))
+        self.matrix = ApMatrix(self.bus, **matrix_options)
+
+    def echo(self, value: str, path: str) -> None:
+        """``echo value > path`` (echo appends the newline)."""
+        self.write(value + "\n", path)
+
+    def write(self, text: str, path: str) -> None:
+        directory, _, attr = path.rpartition("/")
+        if directory.startswith("/sys/bus/ap/drivers/"):
+            driver = directory.rsplit("/", 1)[1]
+            getattr(self.bus, attr)(driver, text)
+            return
+        getattr(self._object(directory, attr), f"store_{attr}")(text)
+
+    def cat(self, path: str) -> str:
+        directory, _, attr = path.rpartition("/")
+        return getattr(self._object(directory, attr), f"show_{attr}")()
+
+    def _object(self, directory: str, attr: str) -> object:
+        if directory == "/sys/bus/ap":
+            return self.bus
+        if directory == TYPE_DIR:
+            return self.matrix
+        if directory.startswith(f"{MATRIX}/"):
+            return self.matrix.mdevs[directory.rsplit("/", 1)[1]]
+        device = self.bus.device(directory.rsplit("/", 1)[1])
+        if device is None or attr not in {a.name for a in device.attrs()}:
+            raise FileNotFoundError(f"{directory}/{attr}")
+        return device

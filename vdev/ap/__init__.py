@@ -1,0 +1,28 @@
+"""The s390 crypto Adjunct Processor (AP) model: the AP bus and its passthrough flavors.
+
+Modules, each with one job: :mod:`~vdev.ap.cardtypes` (table of card types),
+:mod:`~vdev.ap.host` (the host LPAR configuration and its TOML format),
+:mod:`~vdev.ap.bitmap` (256-bit masks in s390 inv-bit order), :mod:`~vdev.ap.bus` (cards,
+queues, drivers, bind/unbind, bus attributes) and :mod:`~vdev.ap.matrix` (the 2017 RFC's
+``ap_matrix`` flavor: mediated matrix devices and guest views).  Nothing here does I/O.
+"""
+
+from vdev.ap.bus import AP_MATRIX_FLAVOR, ApBus, Attr, BusFlavor, Card, Driver, Presence, Queue
+from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
+from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
+
+__all__ = [
+    "AP_MATRIX_FLAVOR",
+    "DEFAULT_HOST_TOML",
+    "ApBus",
+    "ApMatrix",
+    "Attr",
+    "BusFlavor",
+    "Card",
+    "Driver",
+    "GuestView",
+    "HostConfig",
+    "MatrixMdev",
+    "Presence",
+    "Queue",
+]

@@ -1,0 +1,675 @@
+"""The s390 AP bus: card and queue devices, their drivers, and the bus attributes.
+
+Owns: the device objects (:class:`Card`, :class:`Queue`), driver-core bind/unbind semantics
+(drivers/base/bus.c), every ``/sys/bus/ap`` attribute, every card and queue attribute
+(ap_card.c, ap_queue.c, zcrypt_card.c, zcrypt_queue.c), and the structural ``generation``
+counter shared with the passthrough flavor on top.
+
+Must not know: mediated devices, guests or assignment rules (a passthrough flavor such as
+:mod:`vdev.ap.matrix` plugs in through :attr:`ApBus.status_of`), FUSE, trio, files.
+
+Theory of operation: the bus is built once from a :class:`~vdev.ap.host.HostConfig` and never
+gains or loses devices (no hot plug).  What changes is which driver each device is bound to and
+a handful of flags and counters.  Every attribute is a ``show_<name>()`` method returning the
+complete file text, and writable ones a ``store_<name>(text)`` method that returns None or
+raises :class:`~vdev.errors.DeviceError` before changing anything.  The ``*_ATTRS`` tables
+next to each class list the files with their modes and when they exist, so a file system can
+walk the declarations instead of knowing AP details.
+
+Which files exist depends on the binding, as in the kernel where the zcrypt driver adds them:
+a card or queue bound to a host driver (cex4card, cex4queue, ...) has ``type``/``online``/
+``load``; a queue bound to the passthrough driver has ``status`` instead.  Binding and
+unbinding therefore bump :attr:`ApBus.generation`.
+
+Scale: 256 adapters x 256 domains are 65,536 queues; devices use ``__slots__``, lookups are
+dict hits, and no store scans more than one card's queues.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from vdev.ap import bitmap
+from vdev.ap.cardtypes import CARD_TYPES, CardType
+from vdev.ap.host import KNOWN_FEATURES, HostConfig
+from vdev.errors import DeviceError
+from vdev.kparse import kstrtobool, kstrtoul, sscanf_int, sysfs_streq_name
+
+CONFIG_TIME_MIN, CONFIG_TIME_MAX = 5, 120
+DEFAULT_CONFIG_TIME = 30
+DEFAULT_POLL_TIMEOUT_NS = 250_000
+MAX_POLL_TIMEOUT_NS = 120_000_000_000
+UEVENT_ACTIONS = ("add", "remove", "change", "move", "online", "offline", "bind", "unbind")
+
+
+class Presence(enum.Enum):
+    """When an attribute file exists on a device."""
+
+    ALWAYS = "always"
+    HOST = "bound to a host (zcrypt) driver"
+    PASSTHROUGH = "bound to the passthrough driver"
+
+
+class Attr(NamedTuple):
+    """One sysfs file: its name (``show_<name>``/``store_<name>``), mode and existence rule."""
+
+    name: str
+    mode: int
+    presence: Presence = Presence.ALWAYS
+
+
+@dataclass(frozen=True)
+class BusFlavor:
+    """What differs between kernels on the same bus model.
+
+    ``already_bound_errno``: ``bind`` of a bound device fails with ENODEV before Linux 5.15 and
+    EBUSY from 5.15 on.  ``card_types``: the types this kernel's host drivers know.
+    """
+
+    passthrough_driver: str
+    already_bound_errno: int
+    card_types: frozenset[str]
+
+
+AP_MATRIX_FLAVOR = BusFlavor(
+    passthrough_driver="vfio_ap_matrix",
+    already_bound_errno=errno.ENODEV,
+    card_types=frozenset(CARD_TYPES),
+)
+
+
+def apqn_name(adapter: int, domain: int) -> str:
+    """The queue device name, ``xx.yyyy`` in lower-case hex (``05.0047``)."""
+    return f"{adapter:02x}.{domain:04x}"
+
+
+def _attrs_for(attrs: tuple[Attr, ...], presence: Presence) -> tuple[Attr, ...]:
+    """The files of a device whose binding gives ``presence`` (ALWAYS = unbound)."""
+    return tuple(a for a in attrs if a.presence in (Presence.ALWAYS, presence))
+
+
+def _int_line(value: int) -> str:
+    return f"{value}\n"
+
+
+def _zero_or_one(text: str, name: str) -> bool:
+    """The zcrypt/ap ``sscanf(buf, "%d\\n", &v)`` + ``v < 0 || v > 1`` rule."""
+    value = sscanf_int(text, 10, name=name)
+    if value not in (0, 1):
+        raise DeviceError(errno.EINVAL, f"{name}: {value} is neither 0 nor 1")
+    return value == 1
+
+
+class Driver:
+    """An AP device driver: which devices it can handle and which are bound to it now.
+
+    ``devices`` maps name → bound device (O(1) bind/unbind); :meth:`device_names` gives the
+    names in directory order, re-sorted only after a change.
+    """
+
+    __slots__ = ("_names", "bus", "devices", "kind", "name", "passthrough", "types")
+
+    def __init__(self, name: str, kind: type[Card] | type[Queue], types: frozenset[str],
+                 *, passthrough: bool = False) -> None:
+        self.bus: ApBus | None = None  # set when the bus registers the driver
+        self.name = name
+        self.kind = kind
+        self.types = types
+        self.passthrough = passthrough
+        self.devices: dict[str, Card | Queue] = {}
+        self._names: list[str] | None = []
+
+    def store_bind(self, text: str) -> None:
+        """``/sys/bus/ap/drivers/<name>/bind``."""
+        assert self.bus is not None
+        self.bus.bind(self.name, text)
+
+    def store_unbind(self, text: str) -> None:
+        """``/sys/bus/ap/drivers/<name>/unbind``."""
+        assert self.bus is not None
+        self.bus.unbind(self.name, text)
+
+    def matches(self, device: Card | Queue) -> bool:
+        """``ap_bus_match``: the driver's id table lists the device's kind and type."""
+        return isinstance(device, self.kind) and device.type.name in self.types
+
+    def device_names(self) -> list[str]:
+        """Bound device names, sorted (the symlinks in ``/sys/bus/ap/drivers/<name>/``)."""
+        if self._names is None:
+            self._names = sorted(self.devices)
+        return self._names
+
+    def _attach(self, device: Card | Queue) -> None:
+        self.devices[device.name] = device
+        self._names = None
+        device.driver = self
+
+    def _detach(self, device: Card | Queue) -> None:
+        del self.devices[device.name]
+        self._names = None
+        device.driver = None
+
+
+class Card:
+    """An AP adapter (``/sys/devices/ap/cardXX``); its queues are child devices."""
+
+    ATTRS = (
+        Attr("hwtype", 0o444),
+        Attr("raw_hwtype", 0o444),
+        Attr("depth", 0o444),
+        Attr("ap_functions", 0o444),
+        Attr("request_count", 0o644),
+        Attr("requestq_count", 0o444),
+        Attr("pendingq_count", 0o444),
+        Attr("modalias", 0o444),
+        Attr("config", 0o644),
+        Attr("chkstop", 0o444),
+        Attr("max_msg_size", 0o444),
+        Attr("type", 0o444, Presence.HOST),
+        Attr("online", 0o644, Presence.HOST),
+        Attr("load", 0o444, Presence.HOST),
+    )
+    _UNBOUND_ATTRS = _attrs_for(ATTRS, Presence.ALWAYS)
+
+    __slots__ = ("bus", "chkstop", "config", "driver", "id", "name", "online", "queues",
+                 "queues_by_name", "request_count", "type")
+
+    def __init__(self, bus: ApBus, adapter: int, card_type: CardType, *, config: bool,
+                 chkstop: bool) -> None:
+        self.bus = bus
+        self.id = adapter
+        self.name = f"card{adapter:02x}"
+        self.type = card_type
+        self.config = config
+        self.chkstop = chkstop
+        self.online = True
+        self.request_count = 0
+        self.driver: Driver | None = None
+        self.queues: dict[int, Queue] = {}
+        self.queues_by_name: dict[str, Queue] = {}
+
+    @property
+    def has_host_attrs(self) -> bool:
+        """Bound to a card driver (only host drivers bind cards): type/online/load exist."""
+        return self.driver is not None
+
+    def attrs(self) -> tuple[Attr, ...]:
+        """The files present in this card's directory right now."""
+        return self.ATTRS if self.has_host_attrs else self._UNBOUND_ATTRS
+
+    def show_hwtype(self) -> str:
+        return _int_line(self.type.hwtype)
+
+    def show_raw_hwtype(self) -> str:
+        return _int_line(self.type.raw_hwtype)
+
+    def show_depth(self) -> str:
+        return _int_line(self.type.depth)
+
+    def show_ap_functions(self) -> str:
+        return f"0x{self.type.functions:08X}\n"
+
+    def show_request_count(self) -> str:
+        return _int_line(self.request_count)
+
+    def store_request_count(self, text: str) -> None:
+        """Any write zeroes the card's counter and those of all its queues."""
+        self.request_count = 0
+        for queue in self.queues.values():
+            queue.request_count = 0
+
+    def show_requestq_count(self) -> str:
+        return _int_line(sum(q.requestq_count for q in self.queues.values()))
+
+    def show_pendingq_count(self) -> str:
+        return _int_line(sum(q.pendingq_count for q in self.queues.values()))
+
+    def show_modalias(self) -> str:
+        return f"ap:t{self.type.hwtype:02X}\n"
+
+    def show_config(self) -> str:
+        return _int_line(int(self.config))
+
+    def store_config(self, text: str) -> None:
+        """SCLP (de)configure the adapter; its queues follow (they read the card's state)."""
+        self.config = _zero_or_one(text, "config")
+
+    def show_chkstop(self) -> str:
+        return _int_line(int(self.chkstop))
+
+    def show_max_msg_size(self) -> str:
+        return _int_line(self.type.max_msg_size)
+
+    def show_type(self) -> str:
+        return f"{self.type.name}\n"
+
+    def show_online(self) -> str:
+        return _int_line(int(self.usable and self.online))
+
+    def store_online(self, text: str) -> None:
+        """zcrypt card online: 0/1; a deconfigured or check-stopped card cannot go online.
+
+        The new state is forced onto every queue bound to a host driver, as
+        ``zcrypt_card_online_store`` does.
+        """
+        online = _zero_or_one(text, "online")
+        if online and not self.usable:
+            raise DeviceError(errno.ENODEV, f"online: {self.name} cannot go online while "
+                              f"{self.unusable_reason}")
+        self.online = online
+        for queue in self.queues.values():
+            if queue.has_host_attrs:
+                queue.online = online
+
+    def show_load(self) -> str:
+        return "0\n"
+
+    @property
+    def usable(self) -> bool:
+        return self.config and not self.chkstop
+
+    @property
+    def unusable_reason(self) -> str:
+        return "it is check-stopped" if self.chkstop else "it is deconfigured (config is 0)"
+
+
+class Queue:
+    """An AP queue (``/sys/devices/ap/cardXX/XX.YYYY``), the APQN (adapter, domain)."""
+
+    ATTRS = (
+        Attr("request_count", 0o644),
+        Attr("requestq_count", 0o444),
+        Attr("pendingq_count", 0o444),
+        Attr("reset", 0o644),
+        Attr("interrupt", 0o444),
+        Attr("config", 0o444),
+        Attr("chkstop", 0o444),
+        Attr("ap_functions", 0o444),
+        Attr("online", 0o644, Presence.HOST),
+        Attr("load", 0o444, Presence.HOST),
+        Attr("status", 0o444, Presence.PASSTHROUGH),
+    )
+    _UNBOUND_ATTRS = _attrs_for(ATTRS, Presence.ALWAYS)
+    _HOST_ATTRS = _attrs_for(ATTRS, Presence.HOST)
+    _PASSTHROUGH_ATTRS = _attrs_for(ATTRS, Presence.PASSTHROUGH)
+
+    __slots__ = ("card", "domain", "driver", "name", "online", "pendingq_count",
+                 "request_count", "requestq_count")
+
+    def __init__(self, card: Card, domain: int) -> None:
+        self.card = card
+        self.domain = domain
+        self.name = apqn_name(card.id, domain)
+        self.online = True
+        self.request_count = 0
+        self.requestq_count = 0
+        self.pendingq_count = 0
+        self.driver: Driver | None = None
+
+    @property
+    def adapter(self) -> int:
+        return self.card.id
+
+    @property
+    def type(self) -> CardType:
+        return self.card.type
+
+    @property
+    def has_host_attrs(self) -> bool:
+        """Bound to a host queue driver: ``online`` and ``load`` exist."""
+        return self.driver is not None and not self.driver.passthrough
+
+    @property
+    def has_status(self) -> bool:
+        """Bound to the passthrough driver: ``status`` exists (and ``online`` does not)."""
+        return self.driver is not None and self.driver.passthrough
+
+    def attrs(self) -> tuple[Attr, ...]:
+        """The files present in this queue's directory right now."""
+        if self.driver is None:
+            return self._UNBOUND_ATTRS
+        return self._PASSTHROUGH_ATTRS if self.driver.passthrough else self._HOST_ATTRS
+
+    def show_request_count(self) -> str:
+        return _int_line(self.request_count)
+
+    def store_request_count(self, text: str) -> None:
+        """Any write zeroes the counter."""
+        self.request_count = 0
+
+    def show_requestq_count(self) -> str:
+        return _int_line(self.requestq_count)
+
+    def show_pendingq_count(self) -> str:
+        return _int_line(self.pendingq_count)
+
+    def show_reset(self) -> str:
+        """Resets complete synchronously in the model, so no reset is ever in progress."""
+        return "No Reset Timer set.\n"
+
+    def store_reset(self, text: str) -> None:
+        """Any write flushes the queue (requests in flight are dropped) and resets it."""
+        self.requestq_count = 0
+        self.pendingq_count = 0
+
+    def show_interrupt(self) -> str:
+        """Interrupts are enabled by the host driver's state machine, if the bus has them."""
+        if self.card.bus.interrupts and self.has_host_attrs:
+            return "Interrupts enabled.\n"
+        return "Interrupts disabled.\n"
+
+    def show_config(self) -> str:
+        return _int_line(int(self.card.config))
+
+    def show_chkstop(self) -> str:
+        return _int_line(int(self.card.chkstop))
+
+    def show_ap_functions(self) -> str:
+        return self.card.show_ap_functions()
+
+    def show_online(self) -> str:
+        return _int_line(int(self.card.usable and self.online))
+
+    def store_online(self, text: str) -> None:
+        """zcrypt queue online: 0/1; needs a usable card, and an online card driver instance."""
+        online = _zero_or_one(text, "online")
+        card = self.card
+        if online and not card.usable:
+            raise DeviceError(errno.ENODEV, f"online: {self.name} cannot go online while "
+                              f"{card.name} {card.unusable_reason.removeprefix('it ')}")
+        if online and card.has_host_attrs and not card.online:
+            raise DeviceError(errno.EINVAL, f"online: {self.name} cannot go online while "
+                              f"{card.name} is offline")
+        self.online = online
+
+    def show_load(self) -> str:
+        return "0\n"
+
+    def show_status(self) -> str:
+        """Passthrough queue status (``in use``/``assigned``/``unassigned``) from the flavor."""
+        return self.card.bus.status_of(self)
+
+
+def _unassigned(queue: Queue) -> str:
+    return "unassigned\n"
+
+
+class ApBus:
+    """``/sys/bus/ap`` with its devices and drivers, built from a host configuration."""
+
+    ATTRS = (
+        Attr("ap_domain", 0o644),
+        Attr("ap_control_domain_mask", 0o444),
+        Attr("ap_usage_domain_mask", 0o444),
+        Attr("ap_adapter_mask", 0o444),
+        Attr("config_time", 0o644),
+        Attr("poll_thread", 0o644),
+        Attr("ap_interrupts", 0o444),
+        Attr("poll_timeout", 0o644),
+        Attr("ap_max_domain_id", 0o444),
+        Attr("ap_max_adapter_id", 0o444),
+        Attr("scans", 0o644),
+        Attr("bindings", 0o444),
+        Attr("features", 0o444),
+        Attr("drivers_probe", 0o200),
+        Attr("drivers_autoprobe", 0o644),
+        Attr("uevent", 0o200),
+    )
+    DRIVER_ATTRS = (Attr("bind", 0o200), Attr("unbind", 0o200))
+
+    def __init__(self, config: HostConfig, flavor: BusFlavor = AP_MATRIX_FLAVOR) -> None:
+        self.config = config
+        self.flavor = flavor
+        self.generation = 0
+        # Filled in by the passthrough flavor (e.g. ApMatrix) to answer queue ``status``.
+        self.status_of: Callable[[Queue], str] = _unassigned
+        self.ap_domain: int = -1 if config.ap_domain is None else config.ap_domain
+        self.interrupts = config.interrupts
+        self.config_time = DEFAULT_CONFIG_TIME
+        self.poll_thread = False
+        self.poll_timeout = DEFAULT_POLL_TIMEOUT_NS
+        self.scans = 1
+        self.drivers_autoprobe = True
+        self.drivers = self._make_drivers(flavor, config)
+        for driver in self.drivers.values():
+            driver.bus = self
+        self.passthrough = self.drivers[flavor.passthrough_driver]
+        self.cards: dict[int, Card] = {}
+        self.cards_by_name: dict[str, Card] = {}
+        # Every device by name (``/sys/bus/ap/devices``): cards and queues, in build order.
+        self.devices: dict[str, Card | Queue] = {}
+        self._bound_queues = 0
+        self._n_queues = 0
+        self._build(config)
+        self._device_names = sorted(self.devices)
+
+    @staticmethod
+    def _make_drivers(flavor: BusFlavor, config: HostConfig) -> dict[str, Driver]:
+        for adapter, type_name in config.cards.items():
+            if type_name not in flavor.card_types:
+                raise ValueError(f"card {adapter:02x}: type {type_name} is not supported by "
+                                 f"this kernel's AP drivers")
+        card_drivers: dict[str, set[str]] = {}
+        queue_drivers: dict[str, set[str]] = {}
+        for name in flavor.card_types:
+            card_type = CARD_TYPES[name]
+            card_drivers.setdefault(card_type.card_driver, set()).add(name)
+            queue_drivers.setdefault(card_type.queue_driver, set()).add(name)
+        drivers = [Driver(n, Card, frozenset(t)) for n, t in card_drivers.items()]
+        drivers += [Driver(n, Queue, frozenset(t)) for n, t in queue_drivers.items()]
+        drivers.append(Driver(flavor.passthrough_driver, Queue, flavor.card_types,
+                              passthrough=True))
+        return {d.name: d for d in sorted(drivers, key=lambda d: d.name)}
+
+    def _build(self, config: HostConfig) -> None:
+        bindings = config.bindings
+        unknown = set(bindings)
+        for adapter, type_name in config.cards.items():
+            card_type = CARD_TYPES[type_name]
+            card = Card(self, adapter, card_type, config=adapter not in config.deconfigured,
+                        chkstop=adapter in config.chkstopped)
+            self.cards[adapter] = card
+            self.cards_by_name[card.name] = card
+            self.devices[card.name] = card
+            unknown.discard(card.name)
+            self._initial_bind(card, bindings.get(card.name, card_type.card_driver))
+            for domain in config.domains:
+                queue = Queue(card, domain)
+                card.queues[domain] = queue
+                card.queues_by_name[queue.name] = queue
+                self.devices[queue.name] = queue
+                self._n_queues += 1
+                unknown.discard(queue.name)
+                self._initial_bind(queue, bindings.get(queue.name, card_type.queue_driver))
+        if unknown:
+            raise ValueError(f"bindings: no such device {sorted(unknown)[0]!r} on this host")
+
+    def _initial_bind(self, device: Card | Queue, driver_name: str) -> None:
+        if not driver_name:
+            return
+        driver = self.drivers.get(driver_name)
+        if driver is None:
+            raise ValueError(f"bindings.{device.name}: unknown driver {driver_name!r} "
+                             f"(known: {', '.join(self.drivers)})")
+        if not driver.matches(device):
+            raise ValueError(f"bindings.{device.name}: {driver_name} does not handle "
+                             f"{_describe(device)}")
+        self._attach(driver, device)
+
+    # -- structure -------------------------------------------------------------------------
+
+    def bump_generation(self) -> None:
+        """Record a structural change (files or links appeared or disappeared)."""
+        self.generation += 1
+
+    def device(self, name: str) -> Card | Queue | None:
+        """The card (``card05``) or queue (``05.0004``) of that name, or None."""
+        return self.devices.get(name)
+
+    def queue(self, adapter: int, domain: int) -> Queue | None:
+        card = self.cards.get(adapter)
+        return None if card is None else card.queues.get(domain)
+
+    def device_names(self) -> list[str]:
+        """All device names in ``/sys/bus/ap/devices`` order (sorted; queues before cards)."""
+        return self._device_names
+
+    def bind(self, driver_name: str, text: str) -> None:
+        """``echo NAME > /sys/bus/ap/drivers/<driver_name>/bind``.
+
+        ENODEV for an unknown device or one the driver does not handle; a device that is
+        already bound fails with the flavor's errno (ENODEV before Linux 5.15, EBUSY after).
+        """
+        driver = self.drivers[driver_name]
+        device = self._lookup("bind", text)
+        if not driver.matches(device):
+            raise DeviceError(errno.ENODEV,
+                              f"bind: {driver.name} does not handle {_describe(device)}")
+        if device.driver is not None:
+            raise DeviceError(self.flavor.already_bound_errno,
+                              f"bind: {device.name} is already bound to {device.driver.name}")
+        self._attach(driver, device)
+        self.bump_generation()
+
+    def unbind(self, driver_name: str, text: str) -> None:
+        """``echo NAME > /sys/bus/ap/drivers/<driver_name>/unbind``; ENODEV unless bound here."""
+        driver = self.drivers[driver_name]
+        device = self._lookup("unbind", text)
+        if device.driver is not driver:
+            bound = "not bound" if device.driver is None else f"bound to {device.driver.name}"
+            raise DeviceError(errno.ENODEV,
+                              f"unbind: {device.name} is {bound}, not to {driver.name}")
+        driver._detach(device)
+        if isinstance(device, Queue):
+            self._bound_queues -= 1
+        self.bump_generation()
+
+    def _lookup(self, attr: str, text: str) -> Card | Queue:
+        name = sysfs_streq_name(text)
+        device = self.devices.get(name)
+        if device is None:
+            raise DeviceError(errno.ENODEV, f"{attr}: no device named {name!r} on the ap bus")
+        return device
+
+    def _attach(self, driver: Driver, device: Card | Queue) -> None:
+        """Probe: a host driver creates a fresh zcrypt instance, which starts online."""
+        driver._attach(device)
+        if isinstance(device, Queue):
+            self._bound_queues += 1
+        if not driver.passthrough:
+            device.online = True
+
+    # -- bus attributes --------------------------------------------------------------------
+
+    def show_ap_domain(self) -> str:
+        return _int_line(self.ap_domain)
+
+    def store_ap_domain(self, text: str) -> None:
+        """``sscanf("%i")``; the default domain must be a usage domain within the maximum."""
+        domain = sscanf_int(text, 0, name="ap_domain")
+        if domain < 0 or domain > self.config.max_domain_id:
+            raise DeviceError(errno.EINVAL, f"ap_domain: {domain} is outside 0.."
+                              f"{self.config.max_domain_id} (ap_max_domain_id)")
+        if domain not in self.config.domains:
+            raise DeviceError(errno.EINVAL,
+                              f"ap_domain: {domain:#04x} is not in ap_usage_domain_mask")
+        self.ap_domain = domain
+
+    def show_ap_control_domain_mask(self) -> str:
+        return bitmap.to_sysfs(bitmap.from_ids(self.config.control_domains)) + "\n"
+
+    def show_ap_usage_domain_mask(self) -> str:
+        return bitmap.to_sysfs(bitmap.from_ids(self.config.domains)) + "\n"
+
+    def show_ap_adapter_mask(self) -> str:
+        return bitmap.to_sysfs(bitmap.from_ids(self.cards)) + "\n"
+
+    def show_ap_interrupts(self) -> str:
+        return _int_line(int(self.interrupts))
+
+    def show_config_time(self) -> str:
+        return _int_line(self.config_time)
+
+    def store_config_time(self, text: str) -> None:
+        value = sscanf_int(text, 10, name="config_time")
+        if not CONFIG_TIME_MIN <= value <= CONFIG_TIME_MAX:
+            raise DeviceError(errno.EINVAL, f"config_time: {value} is outside "
+                              f"{CONFIG_TIME_MIN}..{CONFIG_TIME_MAX} seconds")
+        self.config_time = value
+
+    def show_poll_thread(self) -> str:
+        return _int_line(int(self.poll_thread))
+
+    def store_poll_thread(self, text: str) -> None:
+        self.poll_thread = kstrtobool(text, name="poll_thread")
+
+    def show_poll_timeout(self) -> str:
+        return _int_line(self.poll_timeout)
+
+    def store_poll_timeout(self, text: str) -> None:
+        value = kstrtoul(text, 0, name="poll_timeout")
+        if value > MAX_POLL_TIMEOUT_NS:
+            raise DeviceError(errno.EINVAL, f"poll_timeout: {value} ns is above the maximum "
+                              f"{MAX_POLL_TIMEOUT_NS} ns (120 s)")
+        self.poll_timeout = value
+
+    def show_ap_max_domain_id(self) -> str:
+        return _int_line(self.config.max_domain_id)
+
+    def show_ap_max_adapter_id(self) -> str:
+        return _int_line(self.config.max_adapter_id)
+
+    def show_scans(self) -> str:
+        return _int_line(self.scans)
+
+    def store_scans(self, text: str) -> None:
+        """Any write forces a bus rescan; the configuration is static, so only the count moves."""
+        self.scans += 1
+
+    def show_bindings(self) -> str:
+        """Bound queues / all queues, ``(complete)`` once every queue has a driver."""
+        done = " (complete)" if self._bound_queues == self._n_queues else ""
+        return f"{self._bound_queues}/{self._n_queues}{done}\n"
+
+    def show_features(self) -> str:
+        return " ".join(f for f in KNOWN_FEATURES if f in self.config.features) + "\n"
+
+    def store_drivers_probe(self, text: str) -> None:
+        """Attach an unbound device to the first matching driver (its type's host driver).
+
+        Like ``bus_rescan_devices_helper``: an unknown name is ENODEV, a bound device is
+        left alone, and success is reported either way.
+        """
+        device = self._lookup("drivers_probe", text)
+        if device.driver is None:
+            type_ = device.type
+            name = type_.card_driver if isinstance(device, Card) else type_.queue_driver
+            self._attach(self.drivers[name], device)
+            self.bump_generation()
+
+    def show_drivers_autoprobe(self) -> str:
+        return _int_line(int(self.drivers_autoprobe))
+
+    def store_drivers_autoprobe(self, text: str) -> None:
+        """Only affects devices added later; the model's bus never gains devices."""
+        self.drivers_autoprobe = kstrtobool(text, name="drivers_autoprobe")
+
+    def store_uevent(self, text: str) -> None:
+        """Synthetic uevent: the action must be a kobject action name (arguments not checked).
+
+        The model has no uevent listeners, so a valid write has no effect.
+        """
+        body = text[:-1] if text.endswith("\n") else text
+        action = body.split(" ", 1)[0]
+        if action not in UEVENT_ACTIONS:
+            raise DeviceError(errno.EINVAL, f"uevent: {action!r} is not a uevent action "
+                              f"({', '.join(UEVENT_ACTIONS)})")
+
+
+def _describe(device: Card | Queue) -> str:
+    kind = "card" if isinstance(device, Card) else "queue"
+    return f"{device.name} (a {device.type.name} {kind})"
