@@ -16,6 +16,11 @@ from vdev.ap.host import DEFAULT_HOST_TOML
 
 READY_TIMEOUT = 30.0
 
+LAYOUT = """\
+Layout of a mount:  sys/   the sysfs tree (point SYSFS_ROOT=<mount>/sys at it)
+                    apfs/  apfs's own files: log, guests/ (start a guest on an mdev)
+"""
+
 DESCRIPTION = """\
 apfs mounts a FUSE filesystem that looks and behaves like the Linux sysfs trees of s390 AP
 crypto passthrough (/sys/bus/ap, /sys/devices/ap_matrix), with live device emulators behind
@@ -26,11 +31,9 @@ every file.  Administrators' echo/cat workflows, scripts and tools run against i
   cat /mnt/ap/apfs/log                # why a write was refused (kernel-style lines)
   apfs umount /mnt/ap
 
-Layout of a mount:  sys/   the sysfs tree (point SYSFS_ROOT=<mount>/sys at it)
-                    apfs/  apfs's own files: log, guests/ (start a guest on an mdev)
-"""
+""" + LAYOUT
 
-MOUNT_EPILOG = """\
+MOUNT_EPILOG = LAYOUT + """
 The embedded default host has adapters 0x05 (CEX5C) and 0x06 (CEX5A), usage domains 0x04,
 0x47, 0xab and 0xff, every queue bound to cex4queue.  `apfs default-config` prints it as
 TOML: copy it, edit cards/domains/bindings, and pass it with --config.

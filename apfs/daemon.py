@@ -18,8 +18,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from apfs.fuseloop import install_single_worker_wait
 from apfs.fuseops import SysfsOperations
-from apfs.host import Host, load_config
+from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
 
 log = logging.getLogger("apfs")
@@ -42,7 +43,8 @@ async def _serve(mountpoint: str, ready_fd: int | None) -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
-        await pyfuse3.main()
+        # One worker: handlers never block, and writes are served strictly in order.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
         # main() returns when the kernel ends the session (fusermount3 -u from outside).
         log.info("apfs: %s was unmounted", mountpoint)
         nursery.cancel_scope.cancel()
@@ -61,10 +63,11 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
     """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
     _setup_logging(debug, log_file)
     try:
-        host = Host(load_config(config_path))
+        host = build_host(config_path)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
+        install_single_worker_wait()
     except Exception as exc:
         log.error("apfs: cannot mount %s: %s", mountpoint, exc)
         if ready_fd is not None:

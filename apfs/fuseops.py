@@ -39,6 +39,10 @@ cached children with it, so a long timeout here never shows a stale file.  Entri
 and go on their own (driver links, ``online`` under a host driver, mediated devices) get 0.
 """
 
+ROOT_TIMEOUT = 1.0
+"""The mount root's attributes: short, so that a mount whose daemon died shows ENOTCONN on
+``stat`` within a second instead of serving cached attributes."""
+
 _T = TypeVar("_T")
 
 
@@ -67,6 +71,17 @@ def _guarded(handler: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_
     return wrapper
 
 
+class OpenFile:
+    """An open file: what was opened, its per-open state, and when it was last known alive."""
+
+    __slots__ = ("found", "generation", "handle")
+
+    def __init__(self, found: Lookup, handle: Handle, generation: int) -> None:
+        self.found = found
+        self.handle = handle
+        self.generation = generation
+
+
 class SysfsOperations(pyfuse3.Operations):
     """pyfuse3 handlers over a :class:`Tree`."""
 
@@ -77,7 +92,7 @@ class SysfsOperations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self._on_refusal = on_refusal
-        self._files: dict[int, tuple[Lookup, Handle]] = {}
+        self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
         self._mount_ns = time.time_ns()
@@ -96,8 +111,7 @@ class SysfsOperations(pyfuse3.Operations):
             entry.st_size = spec.size(node.obj)
             entry.st_nlink = 1
         elif node.target is not None:
-            entry.st_mode = stat.S_IFLNK | 0o777
-            entry.st_size = len(node.target)
+            entry.st_mode = stat.S_IFLNK | 0o777  # kernfs symlinks have size 0, like `ls -l`
             entry.st_nlink = 1
         else:
             assert node.kind is not None
@@ -106,6 +120,8 @@ class SysfsOperations(pyfuse3.Operations):
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self._mount_ns
         entry.st_blksize = 4096
         timeout = STABLE_TIMEOUT if found.stable else 0.0
+        if node is self.tree.root:
+            timeout = ROOT_TIMEOUT
         entry.attr_timeout = timeout
         entry.entry_timeout = timeout
         return entry
@@ -178,21 +194,32 @@ class SysfsOperations(pyfuse3.Operations):
         if access in (os.O_RDONLY, os.O_RDWR) and not spec.readable():
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._fh)
-        self._files[fh] = (found, spec.open(found.node.obj))
+        self._files[fh] = OpenFile(found, spec.open(found.node.obj), self.tree.generation)
         info = pyfuse3.FileInfo(fh=fh)
         info.direct_io = True
         info.keep_cache = False
         return info
 
+    def _live(self, fh: int) -> OpenFile:
+        """The open file, if its file still exists (kernfs_get_active: else ENODEV)."""
+        opened = self._files[fh]
+        if opened.generation != self.tree.generation:
+            try:
+                self.tree.get(opened.found.ino)
+            except OSError:
+                raise pyfuse3.FUSEError(errno.ENODEV) from None
+            opened.generation = self.tree.generation
+        return opened
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return self._files[fh][1].read(offset, size)
+        return self._live(fh).handle.read(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        found, handle = self._files[fh]
+        opened = self._live(fh)
         try:
-            written = handle.write(offset, data)
+            written = opened.handle.write(offset, data)
         except DeviceError as exc:
-            self._on_refusal(self.tree.path_of(found), data, exc)
+            self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
         self.tree.changed()
         return written

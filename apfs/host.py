@@ -30,10 +30,15 @@ def load_config(path: str | None) -> HostConfig:
     """The host described by a TOML file, or the embedded default (the seed's host)."""
     if path is None:
         return HostConfig.from_toml(DEFAULT_HOST_TOML)
+    return HostConfig.from_toml(Path(path).read_text())
+
+
+def build_host(config_path: str | None) -> Host:
+    """Parse the configuration and build the models; every mistake names the file."""
     try:
-        return HostConfig.from_toml(Path(path).read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        return Host(load_config(config_path))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{config_path or 'default configuration'}: {exc}") from None
 
 
 class Host:

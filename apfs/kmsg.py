@@ -21,6 +21,8 @@ class KernelLog:
         self._start = time.monotonic()
 
     def append(self, text: str) -> None:
+        # One record, one line: a value quoted in a message must not forge a second line.
+        text = text.replace("\n", "\\n")
         line = f"[{time.monotonic() - self._start:12.6f}] {text}\n".encode(errors="replace")
         self._lines.append(line)
         self._size += len(line)

@@ -52,12 +52,12 @@ class GuestControl:
         try:
             found = self._resolve(tuple(path.split("/")[1:]))
         except OSError as exc:
-            raise DeviceError(exc.errno or errno.ENOENT, f"guests/{attr}: sysfsdev {path} "
+            raise DeviceError(exc.errno or errno.ENOENT, f"guests/{attr}: sysfsdev {path!r} "
                               f"does not resolve: {os.strerror(exc.errno or errno.ENOENT)} "
-                              f"at {exc.strerror}") from None
+                              f"at {exc.strerror!r}") from None
         mdev = found.node.obj if found.spec is None else None
         if not isinstance(mdev, MatrixMdev):
-            raise DeviceError(errno.ENODEV, f"guests/{attr}: sysfsdev {path} is not a "
+            raise DeviceError(errno.ENODEV, f"guests/{attr}: sysfsdev {path!r} is not a "
                               f"mediated matrix device")
         return mdev
 

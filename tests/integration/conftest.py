@@ -92,6 +92,17 @@ def mount(tmp_path: Path) -> Iterator[Mount]:
 @pytest.fixture
 def mount_factory(tmp_path: Path) -> Iterator:
     """Mount any number of hosts (optionally from a TOML text) in fresh directories."""
+    yield from _factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_mount_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Like ``mount_factory``, but the mounts live for a whole test module (for tests that
+    only ever refuse writes, or that share one long-lived mount on purpose)."""
+    yield from _factory(tmp_path_factory.mktemp("module"))
+
+
+def _factory(tmp_path: Path) -> Iterator:
     mounts: list[Mount] = []
 
     def make(config_text: str | None = None) -> Mount:
