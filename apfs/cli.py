@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from apfs.fuseloop import DEFAULT_SPIN_US
 from vdev.ap.host import DEFAULT_HOST_TOML
 
 READY_TIMEOUT = 30.0
@@ -51,6 +52,8 @@ def _daemon_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         command.append("--debug")
     if args.log:
         command += ["--log", str(Path(args.log).resolve())]
+    if args.spin_us != DEFAULT_SPIN_US:
+        command += ["--spin-us", str(args.spin_us)]
     return command
 
 
@@ -163,6 +166,13 @@ def cmd_default_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apfs", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--debug", action="store_true", help="log every request")
     mount.add_argument("--log", metavar="FILE",
                        help="append the daemon's log to FILE (also readable at apfs/log)")
+    mount.add_argument("--spin-us", type=_non_negative, default=DEFAULT_SPIN_US, metavar="N",
+                       help="after each request, poll for the next one for N microseconds "
+                            "before sleeping: a little CPU for ~2x faster sequential cat/echo "
+                            f"(default {DEFAULT_SPIN_US}; 0 never spins)")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.set_defaults(func=cmd_mount)
 

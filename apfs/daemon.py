@@ -18,7 +18,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from apfs.fuseloop import install_single_worker_wait
+from apfs.fuseloop import DEFAULT_SPIN_US, install_single_worker_wait
 from apfs.fuseops import SysfsOperations
 from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
@@ -59,7 +59,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str | None,
-          ready_fd: int | None = None) -> int:
+          ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US) -> int:
     """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
     _setup_logging(debug, log_file)
     try:
@@ -67,7 +67,7 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
-        install_single_worker_wait()
+        install_single_worker_wait(spin_us)
     except Exception as exc:
         log.error("apfs: cannot mount %s: %s", mountpoint, exc)
         if ready_fd is not None:
@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--log")
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--spin-us", type=int, default=DEFAULT_SPIN_US)
     parser.add_argument("mountpoint", type=Path)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(str(args.mountpoint.resolve()), args.config, args.debug, args.log,
-                 args.ready_fd)
+                 args.ready_fd, args.spin_us)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ The layer is generic: it knows directories, files and symlinks, never AP cards o
 sysfs rules it enforces (fs/kernfs, see spec/sysfs-semantics.md): text files are 4096 bytes,
 open checks the file's own mode even for root, each ``write()`` is one ``store()``, the
 namespace cannot be changed (EACCES for create, EPERM for the rest, never ENOSYS), direct_io
-so every read and write reaches the daemon.
+so every read and write reaches the daemon.  FLUSH and GETXATTR are the two requests answered
+ENOSYS on purpose: the kernel then stops sending them (see the handlers).
 
-Every handler is wrapped once by :func:`_guarded`: a device refusal becomes its errno plus a
-log line, and an unexpected exception becomes EIO plus a traceback in the log — pyfuse3 only
-catches ``FUSEError``, and anything else would take the whole mount down.
+Handlers are plain functions: every device answers synchronously, so nothing here awaits.
+Each is wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits: a device refusal
+becomes its errno, and an unexpected exception becomes EIO plus a traceback in the log —
+pyfuse3 only catches ``FUSEError``, and anything else would take the whole mount down.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def _kernel_errno(code: int) -> int:
     return {517: errno.EAGAIN, 524: errno.EOPNOTSUPP}.get(code, errno.EIO)
 
 
-def _guarded(handler: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+def _guarded(handler: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
+    """The one coroutine pyfuse3 awaits per request: runs a handler, maps every failure."""
+
     @functools.wraps(handler)
     async def wrapper(*args: Any) -> _T:
         try:
-            return await handler(*args)
+            return handler(*args)
         except pyfuse3.FUSEError:
             raise
         except DeviceError as exc:
@@ -65,7 +69,7 @@ def _guarded(handler: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_
         except OSError as exc:
             raise pyfuse3.FUSEError(_kernel_errno(exc.errno or errno.EIO)) from None
         except Exception:
-            log.exception("internal error in %s%r; answered EIO", handler.__name__, args[1:])
+            log.exception("internal error in %s%r; answered EIO", handler.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
@@ -103,9 +107,9 @@ class SysfsOperations(pyfuse3.Operations):
     # -- attributes ----------------------------------------------------------------------
 
     def _attributes(self, found: Lookup) -> pyfuse3.EntryAttributes:
+        node, spec = found.node, found.spec
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = found.ino
-        node, spec = found.node, found.spec
         if spec is not None:
             entry.st_mode = stat.S_IFREG | spec.mode
             entry.st_size = spec.size(node.obj)
@@ -126,33 +130,33 @@ class SysfsOperations(pyfuse3.Operations):
         entry.entry_timeout = timeout
         return entry
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attributes(self.tree.get(inode))
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None):
+    def lookup(self, parent_inode: int, name: bytes, ctx: Any = None):
         parent = self.tree.get(parent_inode)
         if parent.spec is not None or parent.node.kind is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return self._attributes(self.tree.lookup(parent.node, os.fsdecode(name)))
 
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any):
+    def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any):
         # kernfs_iop_setattr "ignores size changes": `echo x > attr` opens with O_TRUNC and
         # some tools truncate explicitly.  Times are accepted and ignored the same way.
         if fields.update_mode or fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)
         return self._attributes(self.tree.get(inode))
 
-    async def readlink(self, inode: int, ctx: Any) -> bytes:
+    def readlink(self, inode: int, ctx: Any) -> bytes:
         found = self.tree.get(inode)
         if found.spec is not None or found.node.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(found.node.target)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, _ in inode_list:
             self.tree.forget(inode)
 
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
         data.f_namemax = 255
@@ -160,7 +164,7 @@ class SysfsOperations(pyfuse3.Operations):
 
     # -- directories ---------------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    def opendir(self, inode: int, ctx: Any) -> int:
         found = self.tree.get(inode)
         if found.spec is not None or found.node.kind is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -168,7 +172,7 @@ class SysfsOperations(pyfuse3.Operations):
         self._dirs[fh] = self.tree.listing(found.node)
         return fh
 
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = self._dirs[fh]
         for index in range(start_id, len(entries)):
             name, found = entries[index]
@@ -176,12 +180,12 @@ class SysfsOperations(pyfuse3.Operations):
                                          index + 1):
                 break
 
-    async def releasedir(self, fh: int) -> None:
+    def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
     # -- files ---------------------------------------------------------------------------
 
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         found = self.tree.get(inode)
         spec = found.spec
         if spec is None:
@@ -211,10 +215,10 @@ class SysfsOperations(pyfuse3.Operations):
             opened.generation = self.tree.generation
         return opened
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int) -> bytes:
         return self._live(fh).handle.read(offset, size)
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes) -> int:
         opened = self._live(fh)
         try:
             written = opened.handle.write(offset, data)
@@ -224,34 +228,39 @@ class SysfsOperations(pyfuse3.Operations):
         self.tree.changed()
         return written
 
-    async def flush(self, fh: int) -> None:
-        return None
+    def flush(self, fh: int) -> None:
+        # kernfs has no .flush, and nothing here is written back at close.  FUSE documents
+        # ENOSYS from FLUSH as "success, do not send again", so every later close() costs no
+        # round trip: a third of the daemon's work per `cat` (see README, Performance).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         self._files.pop(fh, None)
 
     # -- what sysfs refuses ----------------------------------------------------------------
 
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any):
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any):
         raise pyfuse3.FUSEError(errno.EACCES)
 
-    async def _no_namespace_change(self, *args: Any) -> None:
+    def _no_namespace_change(self, *args: Any) -> None:
         raise pyfuse3.FUSEError(errno.EPERM)
 
     mkdir = rmdir = unlink = rename = link = symlink = mknod = _no_namespace_change
 
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        self.tree.get(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+    def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        # No attribute carries xattrs.  ENOSYS (asked once per mount) spares every write its
+        # security.capability probe and every `ls -l` entry its ACL/SELinux probes; callers
+        # then see EOPNOTSUPP where sysfs says ENODATA (README, known gaps).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+    def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         self.tree.get(inode)
         return []
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+    def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+    def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
 

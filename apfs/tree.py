@@ -25,25 +25,32 @@ FUSE_ROOT_INO = 1
 class Node:
     """A directory or symlink the kernel knows by inode number."""
 
-    __slots__ = ("checked", "ino", "kids", "kind", "name", "obj", "parent", "path", "stable",
-                 "target")
+    # A 256x256 host has ~400 000 of these once a `find` walked it: every slot counts.
+    __slots__ = ("checked", "ino", "kids", "kind", "name", "obj", "parent", "stable", "target")
 
-    def __init__(self, ino: int, parent: Node | None, name: str, path: Path, stable: bool,
+    def __init__(self, ino: int, parent: Node | None, name: str, stable: bool,
                  kind: DirKind | None = None, obj: Any = None, target: str | None = None):
         self.ino = ino
         self.parent = parent
         self.name = name
-        self.path = path
         self.stable = stable
         self.kind = kind
         self.obj = obj
         self.target = target
-        self.kids: dict[str, Node] = {}
+        """A symlink's text, relative like kernfs's; None for a directory."""
+        self.kids: dict[str, Node] | None = None  # interned children, made on first need
         self.checked = 0
 
     @property
-    def is_dir(self) -> bool:
-        return self.kind is not None
+    def path(self) -> Path:
+        """Names from the mount root (walked up on demand: only symlink texts and log lines
+        need it)."""
+        names: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        return tuple(reversed(names))
 
 
 class Lookup:
@@ -66,19 +73,20 @@ class Tree:
         self._nodes: dict[int, Node] = {}
         self.generation = 1
         """Bumped after every accepted write; records re-check themselves when it moved."""
-        self.root = self._new_node(None, "", (), True, kind=root_kind, obj=root_obj)
+        self.root = self._new_node(None, "", True, kind=root_kind, obj=root_obj)
         self.root.checked = self.generation
 
     # -- records ---------------------------------------------------------------------------
 
-    def _new_node(self, parent: Node | None, name: str, path: Path, stable: bool,
-                  **what: Any) -> Node:
+    def _new_node(self, parent: Node | None, name: str, stable: bool, **what: Any) -> Node:
         ino = self._next_id << INO_SHIFT
         self._next_id += 1
-        node = Node(ino, parent, name, path, stable, **what)
+        node = Node(ino, parent, name, stable, **what)
         node.checked = self.generation
         self._nodes[ino] = node
         if parent is not None:
+            if parent.kids is None:
+                parent.kids = {}
             parent.kids[name] = node
         return node
 
@@ -94,8 +102,9 @@ class Tree:
 
     def _drop(self, node: Node) -> None:
         self._nodes.pop(node.ino, None)
-        if node.parent is not None and node.parent.kids.get(node.name) is node:
-            del node.parent.kids[node.name]
+        kids = node.parent.kids if node.parent is not None else None
+        if kids is not None and kids.get(node.name) is node:
+            del kids[node.name]
 
     # -- resolution --------------------------------------------------------------------------
 
@@ -128,17 +137,17 @@ class Tree:
         """The record (or file inode) for an entry of ``parent`` that was just resolved."""
         if isinstance(found, FoundFile):
             return Lookup(parent.ino + 1 + found.index, parent, found.spec, found.stable)
-        node = parent.kids.get(name)
-        if node is None or not _same_meaning(node, found):
+        node = parent.kids.get(name) if parent.kids is not None else None
+        # A stable entry means the same thing for as long as its directory lives.
+        if node is None or not (node.stable or _same_meaning(node, found)):
             if node is not None:
                 self._drop(node)
-            path = (*parent.path, name)
             if isinstance(found, FoundDir):
-                node = self._new_node(parent, name, path, found.stable, kind=found.kind,
+                node = self._new_node(parent, name, found.stable, kind=found.kind,
                                       obj=found.obj)
             else:
-                node = self._new_node(parent, name, path, found.stable,
-                                      target=_link_text(parent.path, found))
+                node = self._new_node(parent, name, found.stable,
+                                      target=_link_text(parent, found))
         else:
             node.checked = self.generation
         return Lookup(node.ino, node, None, node.stable)
@@ -203,14 +212,14 @@ def _same_meaning(node: Node, found: FoundFile | FoundDir | FoundLink | None) ->
         return node.kind is found.kind and node.obj is found.obj
     if isinstance(found, FoundLink):
         assert node.parent is not None
-        return node.target == _link_text(node.parent.path, found)
+        return node.target == _link_text(node.parent, found)
     return False
 
 
-def _link_text(link_dir: Path, found: FoundLink) -> str:
+def _link_text(link_dir: Node, found: FoundLink) -> str:
     if found.relative:
         return "/".join(found.target)
-    return relative_link(link_dir, found.target)
+    return relative_link(link_dir.path, found.target)
 
 
 def _normalize(path: Path) -> Path:
