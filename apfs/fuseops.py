@@ -124,7 +124,7 @@ class SysfsOperations(pyfuse3.Operations):
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self._mount_ns
         entry.st_blksize = 4096
         timeout = STABLE_TIMEOUT if found.stable else 0.0
-        if node is self.tree.root:
+        if spec is None and node is self.tree.root:
             timeout = ROOT_TIMEOUT
         entry.attr_timeout = timeout
         entry.entry_timeout = timeout

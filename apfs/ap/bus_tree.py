@@ -25,20 +25,13 @@ from vdev.ap.bus import ApBus, Card, Driver, Presence, Queue
 BUS_AP: Path = ("sys", "bus", "ap")
 DEVICES_AP: Path = ("sys", "devices", "ap")
 
-_PRESENCE: dict[Presence, Callable[[Any], bool] | None] = {
-    Presence.ALWAYS: None,
-    Presence.HOST: lambda device: device.has_host_attrs,
-    Presence.PASSTHROUGH: lambda device: device.has_status,
-}
-
-
 def attribute_files(cls: type, table: Iterable[apbus.Attr]) -> tuple[Attr, ...]:
     """kernfs files for a device class's attribute table (``show_<name>``/``store_<name>``)."""
     return tuple(
         Attr(a.name, a.mode,
              show=getattr(cls, f"show_{a.name}") if a.mode & 0o444 else None,
              store=getattr(cls, f"store_{a.name}") if a.mode & 0o222 else None,
-             when=_PRESENCE[a.presence])
+             when=None if a.presence is Presence.ALWAYS else a.present)
         for a in table
     )
 

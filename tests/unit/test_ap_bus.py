@@ -108,19 +108,16 @@ def test_uevent_and_drivers_autoprobe(sh: Shell) -> None:
 
 
 def test_seed_step_1_and_2_reserve_a_queue(sh: Shell) -> None:
-    generation = sh.bus.generation
     sh.echo("05.0004", f"{AP}/drivers/cex4queue/unbind")
     assert sh.cat(f"{AP}/bindings") == "7/8\n"
     sh.echo("05.0004", f"{AP}/drivers/vfio_ap_matrix/bind")
     assert sh.cat(f"{AP}/bindings") == "8/8 (complete)\n"
     assert sh.bus.drivers["vfio_ap_matrix"].device_names() == ["05.0004"]
     assert "05.0004" not in sh.bus.drivers["cex4queue"].device_names()
-    assert sh.bus.generation == generation + 2
 
 
 def test_bind_refusals_change_nothing(sh: Shell) -> None:
     bus = sh.bus
-    generation = bus.generation
     err = refused(errno.ENODEV, bus.bind, "vfio_ap_matrix", "05.0004\n")
     assert err.message == "bind: 05.0004 is already bound to cex4queue"
     err = refused(errno.ENODEV, bus.bind, "cex4queue", "07.0004\n")
@@ -136,7 +133,6 @@ def test_bind_refusals_change_nothing(sh: Shell) -> None:
     refused(errno.ENODEV, bus.bind, "pcixcccard", "card05\n")
     assert bus.device("05.0004").driver is None
     assert bus.device("card05").driver is None
-    assert bus.generation == generation + 2
 
 
 def test_unbind_refusals(sh: Shell) -> None:

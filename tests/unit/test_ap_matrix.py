@@ -207,16 +207,13 @@ def test_remove_frees_the_apqns() -> None:
     reserve(sh, ["05.0004"])
     sh.echo(UUID1, f"{TYPE_DIR}/create")
     configure(sh, UUID1, ["5"], ["4"])
-    generation = sh.bus.generation
     refused(errno.EINVAL, sh.echo, "yes", f"{MATRIX}/{UUID1}/remove")
     refused(errno.EINVAL, sh.echo, "99999999999999999999", f"{MATRIX}/{UUID1}/remove")
     sh.echo("0", f"{MATRIX}/{UUID1}/remove")
     assert UUID1 in sh.matrix.mdevs
-    assert sh.bus.generation == generation
     mdev = sh.matrix.mdevs[UUID1]
     sh.echo("1", f"{MATRIX}/{UUID1}/remove")
     assert sh.matrix.mdevs == {}
-    assert sh.bus.generation == generation + 1
     assert sh.cat("/sys/devices/ap/card05/05.0004/status") == "unassigned\n"
     err = refused(errno.ENODEV, mdev.store_assign_domain, "47\n")  # a file left open
     assert err.message == f"assign_domain: mdev {UUID1} has been removed"
@@ -233,9 +230,7 @@ def test_guest_lifecycle_and_queue_status() -> None:
     configure(sh, UUID1, ["5", "6", "7"], ["4", "47"])
     sh.echo("25", f"{MATRIX}/{UUID1}/assign_control_domain")
     assert sh.cat(status) == "assigned\n"
-    generation = sh.bus.generation
     guest = sh.matrix.start_guest(UUID1.upper())
-    assert sh.bus.generation == generation + 1
     # 05.00ab and friends are not bound to vfio_ap_matrix; adapters 06/07 have no reserved
     # queues (07 does not even exist), so the guest sees only two queues.
     assert guest.show_apqns() == "05.0004\n05.0047\n"

@@ -2,8 +2,7 @@
 
 Owns: the device objects (:class:`Card`, :class:`Queue`), driver-core bind/unbind semantics
 (drivers/base/bus.c), every ``/sys/bus/ap`` attribute, every card and queue attribute
-(ap_card.c, ap_queue.c, zcrypt_card.c, zcrypt_queue.c), and the structural ``generation``
-counter shared with the passthrough flavor on top.
+(ap_card.c, ap_queue.c, zcrypt_card.c, zcrypt_queue.c).
 
 Must not know: mediated devices, guests or assignment rules (a passthrough flavor such as
 :mod:`vdev.ap.matrix` plugs in through :attr:`ApBus.status_of`), FUSE, trio, files.
@@ -18,8 +17,8 @@ walk the declarations instead of knowing AP details.
 
 Which files exist depends on the binding, as in the kernel where the zcrypt driver adds them:
 a card or queue bound to a host driver (cex4card, cex4queue, ...) has ``type``/``online``/
-``load``; a queue bound to the passthrough driver has ``status`` instead.  Binding and
-unbinding therefore bump :attr:`ApBus.generation`.
+``load``; a queue bound to the passthrough driver has ``status`` instead
+(:meth:`Attr.present`).
 
 Scale: 256 adapters x 256 domains are 65,536 queues; devices use ``__slots__``, lookups are
 dict hits, and no store scans more than one card's queues.
@@ -61,6 +60,14 @@ class Attr(NamedTuple):
     mode: int
     presence: Presence = Presence.ALWAYS
 
+    def present(self, device: Card | Queue) -> bool:
+        """Whether the file exists on ``device`` under its current binding."""
+        if self.presence is Presence.ALWAYS:
+            return True
+        if self.presence is Presence.HOST:
+            return device.has_host_attrs
+        return device.has_status
+
 
 @dataclass(frozen=True)
 class BusFlavor:
@@ -85,11 +92,6 @@ AP_MATRIX_FLAVOR = BusFlavor(
 def apqn_name(adapter: int, domain: int) -> str:
     """The queue device name, ``xx.yyyy`` in lower-case hex (``05.0047``)."""
     return f"{adapter:02x}.{domain:04x}"
-
-
-def _attrs_for(attrs: tuple[Attr, ...], presence: Presence) -> tuple[Attr, ...]:
-    """The files of a device whose binding gives ``presence`` (ALWAYS = unbound)."""
-    return tuple(a for a in attrs if a.presence in (Presence.ALWAYS, presence))
 
 
 def _int_line(value: int) -> str:
@@ -173,7 +175,8 @@ class Card:
         Attr("online", 0o644, Presence.HOST),
         Attr("load", 0o444, Presence.HOST),
     )
-    _UNBOUND_ATTRS = _attrs_for(ATTRS, Presence.ALWAYS)
+    has_status = False
+    """Cards are never bound to the passthrough driver, which takes queues only."""
 
     __slots__ = ("bus", "chkstop", "config", "driver", "id", "name", "online", "queues",
                  "queues_by_name", "request_count", "type")
@@ -199,7 +202,7 @@ class Card:
 
     def attrs(self) -> tuple[Attr, ...]:
         """The files present in this card's directory right now."""
-        return self.ATTRS if self.has_host_attrs else self._UNBOUND_ATTRS
+        return tuple(a for a in self.ATTRS if a.present(self))
 
     def show_hwtype(self) -> str:
         return _int_line(self.type.hwtype)
@@ -293,9 +296,6 @@ class Queue:
         Attr("load", 0o444, Presence.HOST),
         Attr("status", 0o444, Presence.PASSTHROUGH),
     )
-    _UNBOUND_ATTRS = _attrs_for(ATTRS, Presence.ALWAYS)
-    _HOST_ATTRS = _attrs_for(ATTRS, Presence.HOST)
-    _PASSTHROUGH_ATTRS = _attrs_for(ATTRS, Presence.PASSTHROUGH)
 
     __slots__ = ("card", "domain", "driver", "name", "online", "pendingq_count",
                  "request_count", "requestq_count")
@@ -330,9 +330,7 @@ class Queue:
 
     def attrs(self) -> tuple[Attr, ...]:
         """The files present in this queue's directory right now."""
-        if self.driver is None:
-            return self._UNBOUND_ATTRS
-        return self._PASSTHROUGH_ATTRS if self.driver.passthrough else self._HOST_ATTRS
+        return tuple(a for a in self.ATTRS if a.present(self))
 
     def show_request_count(self) -> str:
         return _int_line(self.request_count)
@@ -424,7 +422,6 @@ class ApBus:
     def __init__(self, config: HostConfig, flavor: BusFlavor = AP_MATRIX_FLAVOR) -> None:
         self.config = config
         self.flavor = flavor
-        self.generation = 0
         # Filled in by the passthrough flavor (e.g. ApMatrix) to answer queue ``status``.
         self.status_of: Callable[[Queue], str] = _unassigned
         self.ap_domain: int = -1 if config.ap_domain is None else config.ap_domain
@@ -502,10 +499,6 @@ class ApBus:
 
     # -- structure -------------------------------------------------------------------------
 
-    def bump_generation(self) -> None:
-        """Record a structural change (files or links appeared or disappeared)."""
-        self.generation += 1
-
     def device(self, name: str) -> Card | Queue | None:
         """The card (``card05``) or queue (``05.0004``) of that name, or None."""
         return self.devices.get(name)
@@ -533,7 +526,6 @@ class ApBus:
             raise DeviceError(self.flavor.already_bound_errno,
                               f"bind: {device.name} is already bound to {device.driver.name}")
         self._attach(driver, device)
-        self.bump_generation()
 
     def unbind(self, driver_name: str, text: str) -> None:
         """``echo NAME > /sys/bus/ap/drivers/<driver_name>/unbind``; ENODEV unless bound here."""
@@ -546,7 +538,6 @@ class ApBus:
         driver._detach(device)
         if isinstance(device, Queue):
             self._bound_queues -= 1
-        self.bump_generation()
 
     def _lookup(self, attr: str, text: str) -> Card | Queue:
         name = sysfs_streq_name(text)
@@ -649,7 +640,6 @@ class ApBus:
             type_ = device.type
             name = type_.card_driver if isinstance(device, Card) else type_.queue_driver
             self._attach(self.drivers[name], device)
-            self.bump_generation()
 
     def show_drivers_autoprobe(self) -> str:
         return _int_line(int(self.drivers_autoprobe))

@@ -250,7 +250,6 @@ class ApMatrix:
                               f"(all {self.max_instances} in use)")
         mdev = MatrixMdev(self, uuid)
         self.mdevs[uuid] = mdev
-        self.bus.bump_generation()
         return mdev
 
     # -- guests ----------------------------------------------------------------------------
@@ -277,7 +276,6 @@ class ApMatrix:
                          card_types)
         self.guests[mdev.uuid] = view
         self._in_use.update(dict.fromkeys(apqns, mdev.uuid))
-        self.bus.bump_generation()
         return view
 
     def stop_guest(self, uuid: str) -> None:
@@ -287,7 +285,6 @@ class ApMatrix:
             raise DeviceError(errno.ENOENT, f"stop_guest: no guest runs with mdev {uuid}")
         for apqn in view.apqns:
             del self._in_use[apqn]
-        self.bus.bump_generation()
 
     # -- internals shared with MatrixMdev --------------------------------------------------
 
@@ -318,7 +315,6 @@ class ApMatrix:
         self._release(list(mdev.apqns()))
         del self.mdevs[mdev.uuid]
         mdev.alive = False
-        self.bus.bump_generation()
 
     def _queue_status(self, queue: Queue) -> str:
         apqn = (queue.adapter, queue.domain)

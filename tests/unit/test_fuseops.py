@@ -1,0 +1,153 @@
+"""The pyfuse3 operations in-process: what no mount test can provoke on purpose.
+
+A real mount only shows that errors map to errno; here a declaration that crashes shows that
+no exception but ``FUSEError`` leaves a handler, and the inode rules are checked directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pyfuse3
+import pytest
+
+from apfs.fuseops import _HANDLERS, STABLE_TIMEOUT, SysfsOperations
+from apfs.kernfs import Link, Subdir, Subdirs, directory, relative_link, ro, rw
+from apfs.tree import Tree
+from vdev.errors import DeviceError
+
+
+class Model:
+    def __init__(self) -> None:
+        self.value = 1
+        self.items: dict[str, Model] = {}
+
+
+def _store_value(model: Model, text: str) -> None:
+    if not text.strip().isdigit():
+        raise DeviceError(errno.EINVAL, f"value: {text!r} is not a number")
+    model.value = int(text)
+
+
+def _crash(model: Model) -> str:
+    raise RuntimeError("a bug in a show function")
+
+
+ITEM = directory("item", ro("value", lambda m: f"{m.value}\n"))
+ROOT = directory(
+    "",
+    rw("value", lambda m: f"{m.value}\n", _store_value),
+    ro("crash", _crash),
+    Subdirs(ITEM, lambda m: m.items),
+    Subdir("static", directory("static", Link("up", lambda m: ("value",)))),
+)
+
+
+@pytest.fixture
+def ops() -> SysfsOperations:
+    refusals: list[str] = []
+    operations = SysfsOperations(Tree(ROOT, Model()),
+                                 on_refusal=lambda path, data, exc: refusals.append(path))
+    operations.refusals = refusals  # type: ignore[attr-defined]
+    return operations
+
+
+async def _ino(ops: SysfsOperations, *names: str) -> int:
+    ino = pyfuse3.ROOT_INODE
+    for name in names:
+        ino = (await ops.lookup(ino, name.encode())).st_ino
+    return ino
+
+
+async def _cat(ops: SysfsOperations, ino: int) -> bytes:
+    info = await ops.open(ino, os.O_RDONLY, None)
+    try:
+        return await ops.read(info.fh, 0, 4096)
+    finally:
+        await ops.release(info.fh)
+
+
+def test_every_handler_is_guarded(ops: SysfsOperations) -> None:
+    for name in _HANDLERS:
+        assert getattr(getattr(ops, name), "__wrapped__", None) is not None, name
+
+
+async def test_a_crashing_show_answers_eio_logs_and_the_next_request_works(
+        ops: SysfsOperations, caplog: pytest.LogCaptureFixture) -> None:
+    crash = await _ino(ops, "crash")
+    with caplog.at_level(logging.ERROR, logger="apfs"), \
+            pytest.raises(pyfuse3.FUSEError) as refused:
+        await _cat(ops, crash)
+    assert refused.value.errno == errno.EIO
+    assert "internal error in read" in caplog.text and "RuntimeError" in caplog.text
+    assert await _cat(ops, await _ino(ops, "value")) == b"1\n"
+
+
+async def test_a_refused_store_answers_its_errno_and_reports_once(ops: SysfsOperations) -> None:
+    value = await _ino(ops, "value")
+    info = await ops.open(value, os.O_WRONLY | os.O_TRUNC, None)
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.write(info.fh, 0, b"x\n")
+    assert refused.value.errno == errno.EINVAL
+    assert ops.refusals == ["value"]  # type: ignore[attr-defined]
+    assert await ops.write(info.fh, 0, b"7\n") == 2
+    assert await _cat(ops, value) == b"7\n"
+
+
+async def test_stable_entries_are_cached_and_families_are_not(ops: SysfsOperations) -> None:
+    ops.tree.root.obj.items["a"] = Model()
+    assert (await ops.lookup(pyfuse3.ROOT_INODE, b"value")).entry_timeout == STABLE_TIMEOUT
+    assert (await ops.lookup(pyfuse3.ROOT_INODE, b"a")).entry_timeout == 0
+
+
+async def test_a_vanished_directory_and_its_files_are_gone(ops: SysfsOperations) -> None:
+    items = ops.tree.root.obj.items
+    items["a"] = Model()
+    item_value = await _ino(ops, "a", "value")
+    info = await ops.open(item_value, os.O_RDONLY, None)
+    del items["a"]
+    ops.tree.changed()  # what an accepted write does
+    with pytest.raises(pyfuse3.FUSEError) as gone:
+        await ops.getattr(item_value)
+    assert gone.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as stale:
+        await ops.read(info.fh, 0, 4096)
+    assert stale.value.errno == errno.ENODEV  # kernfs_get_active on a removed node
+
+
+async def test_a_recreated_directory_gets_a_new_inode(ops: SysfsOperations) -> None:
+    items = ops.tree.root.obj.items
+    items["a"] = Model()
+    first = await _ino(ops, "a")
+    items["a"] = Model()
+    ops.tree.changed()
+    assert await _ino(ops, "a") != first
+
+
+async def test_namespace_changes_are_refused_like_sysfs(ops: SysfsOperations) -> None:
+    root = pyfuse3.ROOT_INODE
+    with pytest.raises(pyfuse3.FUSEError) as create:
+        await ops.create(root, b"new", 0o644, os.O_CREAT | os.O_WRONLY, None)
+    assert create.value.errno == errno.EACCES
+    for name in ("mkdir", "rmdir", "unlink", "rename", "link", "symlink", "mknod"):
+        with pytest.raises(pyfuse3.FUSEError) as refused:
+            await getattr(ops, name)(root, b"x")
+        assert refused.value.errno == errno.EPERM, name
+
+
+async def test_links_are_relative_to_their_directory(ops: SysfsOperations) -> None:
+    assert await ops.readlink(await _ino(ops, "static", "up"), None) == b"../value"
+
+
+@pytest.mark.parametrize(("link_dir", "target", "text"), [
+    (("sys", "bus", "ap", "devices"), ("sys", "devices", "ap", "card05"),
+     "../../../devices/ap/card05"),
+    (("sys", "devices", "ap", "card05", "05.0004"), ("sys", "bus", "ap", "drivers", "cex4queue"),
+     "../../../../bus/ap/drivers/cex4queue"),
+    (("m", "uuid"), ("m", "types", "t"), "../types/t"),
+    (("a",), ("a", "b"), "b"),
+])
+def test_relative_link_goes_up_to_the_common_ancestor(link_dir, target, text) -> None:
+    assert relative_link(link_dir, target) == text
