@@ -9,7 +9,6 @@ the line ``ready`` (or ``error: ...``), so the CLI returns only once the mount w
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -59,24 +58,6 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
-GC_THRESHOLD = (100_000, 50, 100)
-"""First-generation threshold of the cyclic collector, up from 700 (see _settle_heap)."""
-
-
-def _settle_heap() -> None:
-    """Keep the cyclic garbage collector off the request path.
-
-    A 256x256 host is ~70 000 device objects, and a walk of the tree adds ~330 000 inode
-    records; all live as long as the mount.  With the default thresholds, the temporaries of
-    one large listing trigger collections that traverse all of them: 40 % of the daemon's time
-    in `ls -l sys/bus/ap/devices`.  The model built at mount time is frozen out of the
-    collector's view, and young collections run 100 times less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-
-
 def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str | None,
           ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US) -> int:
     """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
@@ -87,7 +68,6 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
         install_single_worker_wait(spin_us)
-        _settle_heap()
     except Exception as exc:
         log.error("apfs: cannot mount %s: %s", mountpoint, exc)
         if ready_fd is not None:
