@@ -131,21 +131,6 @@ def rw(name: str, show: Show, store: Store, when: When | None = None) -> Attr:
     return Attr(name, 0o644, show=show, store=store, when=when)
 
 
-def device_attr_ro(cls: type, name: str, when: When | None = None) -> Attr:
-    """``DEVICE_ATTR_RO(name)``: the device class's ``show_<name>`` method."""
-    return ro(name, getattr(cls, f"show_{name}"), when)
-
-
-def device_attr_wo(cls: type, name: str, when: When | None = None) -> Attr:
-    """``DEVICE_ATTR_WO(name)``: the device class's ``store_<name>`` method."""
-    return wo(name, getattr(cls, f"store_{name}"), when)
-
-
-def device_attr_rw(cls: type, name: str, when: When | None = None) -> Attr:
-    """``DEVICE_ATTR_RW(name)``: ``show_<name>`` and ``store_<name>``."""
-    return rw(name, getattr(cls, f"show_{name}"), getattr(cls, f"store_{name}"), when)
-
-
 # --- snapshot files (not sysfs attributes: the apfs log) ------------------------------------
 
 

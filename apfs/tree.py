@@ -3,7 +3,7 @@
 Directories and symlinks the kernel has seen get a small :class:`Node` record, interned by
 (parent, name) so a name keeps its inode while it means the same thing.  Files get no record
 at all: a file's inode is its directory's inode + 1 + its index in the directory's file table,
-which keeps a 256x256 host (about 800,000 attribute files) to about 200,000 records.
+which keeps a 256x256 host (about 660,000 attribute files) to about 330,000 records.
 
 Records never hold device state; they hold the object a declaration was resolved against.
 Whether a record still means what it meant is checked by resolving its name again in its

@@ -1,17 +1,17 @@
 """``/sys/bus/ap`` and ``/sys/devices/ap``: the AP bus, its cards, queues and drivers.
 
 The files of each device come from the attribute tables next to the device classes in
-:mod:`vdev.ap.bus` (name, mode, when present); this module only says where the directories
+:mod:`vdev.ap.bus` (see :mod:`apfs.ap.attrs`); this module only says where the directories
 and symlinks are, as drivers/s390/crypto/ap_bus.c lays them out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+from apfs.ap.attrs import attribute_files
 from apfs.kernfs import (
-    Attr,
     Link,
     Links,
     Path,
@@ -19,22 +19,10 @@ from apfs.kernfs import (
     Subdirs,
     directory,
 )
-from vdev.ap import bus as apbus
-from vdev.ap.bus import ApBus, Card, Driver, Presence, Queue
+from vdev.ap.bus import ApBus, Card, Driver, Queue
 
 BUS_AP: Path = ("sys", "bus", "ap")
 DEVICES_AP: Path = ("sys", "devices", "ap")
-
-def attribute_files(cls: type, table: Iterable[apbus.Attr]) -> tuple[Attr, ...]:
-    """kernfs files for a device class's attribute table (``show_<name>``/``store_<name>``)."""
-    return tuple(
-        Attr(a.name, a.mode,
-             show=getattr(cls, f"show_{a.name}") if a.mode & 0o444 else None,
-             store=getattr(cls, f"store_{a.name}") if a.mode & 0o222 else None,
-             when=None if a.presence is Presence.ALWAYS else a.present)
-        for a in table
-    )
-
 
 def device_path(device: Card | Queue) -> Path:
     if isinstance(device, Card):

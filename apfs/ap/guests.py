@@ -12,7 +12,7 @@ import errno
 import os
 from collections.abc import Callable
 
-from apfs.ap.bus_tree import attribute_files
+from apfs.ap.attrs import attribute_files
 from apfs.kernfs import Path, Subdirs, directory, wo
 from apfs.tree import Lookup
 from vdev.ap.bus import Attr

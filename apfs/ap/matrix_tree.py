@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apfs.ap.bus_tree import attribute_files
+from apfs.ap.attrs import attribute_files
 from apfs.kernfs import Alias, Link, Links, Path, Subdir, Subdirs, directory
 from vdev.ap.matrix import MDEV_TYPE, ApMatrix, MatrixMdev
 

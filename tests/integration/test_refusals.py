@@ -28,18 +28,10 @@ from helpers import (
     write_error,
 )
 
-HOST = """
-[host]
-domains = ["04", "47", "ab", "ff"]
+from vdev.ap.host import DEFAULT_HOST_TOML
 
-[[card]]
-id = "05"
-type = "CEX5C"
-
-[[card]]
-id = "06"
-type = "CEX5A"
-
+# The seed's host plus a deconfigured card 07, for the ENODEV cases of `online`.
+HOST = DEFAULT_HOST_TOML + """
 [[card]]
 id = "07"
 type = "CEX5C"
