@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import subprocess
 import sys
 import time
@@ -108,13 +109,17 @@ def _read_answer(fd: int) -> str:
     """The daemon's first line: ``ready`` or ``error: ...``; empty if it died first."""
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        os.set_blocking(fd, True)
-        while b"\n" not in data and time.monotonic() < deadline:
-            chunk = pipe.read(256)
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return f"the daemon did not report ready within {READY_TIMEOUT:g} s"
+            chunk = os.read(fd, 256)
             if not chunk:
                 break
             data += chunk
+    finally:
+        os.close(fd)
     return data.decode(errors="replace").strip()
 
 

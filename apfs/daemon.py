@@ -62,13 +62,17 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
           ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US) -> int:
     """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
     _setup_logging(debug, log_file)
+    mounted = False
     try:
         host = build_host(config_path)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
+        mounted = True
         install_single_worker_wait(spin_us)
     except Exception as exc:
+        if mounted:
+            pyfuse3.close(unmount=True)
         log.error("apfs: cannot mount %s: %s", mountpoint, exc)
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}\n".encode())

@@ -173,9 +173,16 @@ class Tree:
         if index >= len(node.kind.files):
             raise OSError(errno.ENOENT, str(ino))
         spec = node.kind.files[index]
-        if spec.when is not None and not spec.when(node.obj):
+        if not _present(spec, node):
             raise OSError(errno.ENOENT, f"{'/'.join(node.path)}/{spec.name}")
         return Lookup(ino, node, spec, spec.when is None)
+
+    def exists(self, found: Lookup) -> bool:
+        """Whether what ``found`` named still exists (an open file's node may have vanished).
+        Costs one comparison unless a write was accepted since the last check."""
+        if not self._alive(found.node):
+            return False
+        return found.spec is None or _present(found.spec, found.node)
 
     def listing(self, node: Node) -> list[tuple[str, Lookup]]:
         """Every entry of a directory, interned, for readdir (callers must not modify it)."""
@@ -222,6 +229,10 @@ class Tree:
         if lookup.spec is not None:
             parts = (*parts, lookup.spec.name)
         return "/".join(parts)
+
+
+def _present(spec: FileSpec, node: Node) -> bool:
+    return spec.when is None or spec.when(node.obj)
 
 
 def _same_meaning(node: Node, found: FoundFile | FoundDir | FoundLink | None) -> bool:

@@ -19,10 +19,14 @@ if not os.path.exists("/dev/fuse"):
     pytest.exit("integration tests need /dev/fuse (modprobe fuse)", returncode=1)
 
 
-def apfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the ``apfs`` CLI of this interpreter."""
-    return subprocess.run([sys.executable, "-m", "apfs.cli", *args], capture_output=True,
-                          text=True, check=check, timeout=60)
+APFS = str(Path(sys.executable).with_name("apfs"))
+"""The venv's console script: the command an administrator types."""
+
+
+def apfs(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``apfs ARGS``; with ``check`` a non-zero exit fails the test."""
+    return subprocess.run([APFS, *args], capture_output=True, text=True, check=check,
+                          timeout=60)
 
 
 @dataclass
@@ -58,13 +62,13 @@ class Mount:
 
 def mount_at(path: Path, config: Path | None = None) -> Mount:
     args = ["mount", *(["--config", str(config)] if config else []), str(path)]
-    apfs(*args)
+    apfs(*args, check=True)
     return Mount(path)
 
 
 def unmount(mount: Mount) -> None:
     if os.path.ismount(mount.root) or _dead(mount.root):
-        result = apfs("umount", str(mount.root), check=False)
+        result = apfs("umount", str(mount.root))
         if result.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(mount.root)], check=False)
 

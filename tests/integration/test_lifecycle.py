@@ -10,19 +10,12 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mount, unmount
+from conftest import APFS, Mount, apfs, unmount
 from helpers import daemon_pid, in_proc_mounts, stat_errno, wait_until
-
-APFS = str(Path(sys.executable).with_name("apfs"))
-
-
-def apfs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([APFS, *args], capture_output=True, text=True, timeout=60)
 
 
 def listdir_errno(path: Path) -> int | None:
