@@ -9,8 +9,13 @@ ENOSYS on purpose: the kernel then stops sending them (see the handlers).
 
 Handlers are plain functions: every device answers synchronously, so nothing here awaits.
 Each is wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits: a device refusal
-becomes its errno, and an unexpected exception becomes EIO plus a traceback in the log —
-pyfuse3 only catches ``FUSEError``, and anything else would take the whole mount down.
+becomes its errno, a name that does not resolve its ENOENT/ENOTDIR, and anything else
+(an OSError included) becomes EIO plus a traceback in the log — pyfuse3 only catches
+``FUSEError``, and anything else would take the whole mount down.
+
+After an accepted write the kernel is told what went stale (:class:`KernelCache`): names that
+vanished, and directories whose link count moved; and every open file whose node vanished is
+marked dead for good, as kernfs deactivates the node an open file belongs to.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 
-from apfs.kernfs import Handle
-from apfs.tree import FUSE_ROOT_INO, Lookup, Tree
+from apfs.kernfs import Handle, PathError
+from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
 from vdev.errors import DeviceError
 
 log = logging.getLogger("apfs")
@@ -64,15 +69,75 @@ def _guarded(handler: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
             return handler(*args)
         except pyfuse3.FUSEError:
             raise
-        except DeviceError as exc:
+        except (DeviceError, PathError) as exc:
             raise pyfuse3.FUSEError(_kernel_errno(exc.errno)) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(_kernel_errno(exc.errno or errno.EIO)) from None
         except Exception:
             log.exception("internal error in %s%r; answered EIO", handler.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _logged(handler: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """``--debug``: one log line per request, with its arguments and its answer.  Chosen at
+    start-up, so a mount without --debug pays nothing for it."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any) -> _T:
+        name = handler.__name__
+        try:
+            result = await handler(*args)
+        except pyfuse3.FUSEError as exc:
+            log.debug("request %s%r -> %s", name, _short(args), errno.errorcode.get(exc.errno))
+            raise
+        log.debug("request %s%r -> %s", name, _short(args), _short(result))
+        return result
+
+    return wrapper
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class KernelCache(Protocol):
+    """Where the kernel is told to drop what it cached (pyfuse3's notify calls)."""
+
+    def forget_entry(self, parent_ino: int, name: str) -> None: ...
+
+    def forget_attributes(self, ino: int) -> None: ...
+
+
+class Pyfuse3Cache:
+    """The kernel of a live pyfuse3 session.
+
+    Entries go through ``invalidate_entry_async``: the synchronous call can deadlock inside a
+    handler, since the kernel may wait for the very request being served.  Attribute-only
+    inode invalidation takes no lock a pending request could hold (no writeback cache here),
+    so it is sent directly.
+    """
+
+    def forget_entry(self, parent_ino: int, name: str) -> None:
+        pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name), ignore_enoent=True)
+
+    def forget_attributes(self, ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:  # ENOENT: the kernel holds no inode for it, nothing to drop
+            if exc.errno != errno.ENOENT:
+                raise
+
+
+class OpenFile:
+    """An open file: what it was opened on, its per-open state, and whether its node died."""
+
+    __slots__ = ("dead", "found", "handle")
+
+    def __init__(self, found: Lookup, handle: Handle) -> None:
+        self.found = found
+        self.handle = handle
+        self.dead = False
 
 
 class SysfsOperations(pyfuse3.Operations):
@@ -81,16 +146,20 @@ class SysfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None]):
+    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None],
+                 kernel: KernelCache | None = None):
         super().__init__()
         self.tree = tree
         self._on_refusal = on_refusal
-        self._files: dict[int, tuple[Lookup, Handle]] = {}
+        self._kernel = kernel or Pyfuse3Cache()
+        self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
         self._mount_ns = time.time_ns()
+        debug = log.isEnabledFor(logging.DEBUG)
         for name in _HANDLERS:
-            setattr(self, name, _guarded(getattr(self, name)))
+            handler = _guarded(getattr(self, name))
+            setattr(self, name, _logged(handler) if debug else handler)
 
     # -- attributes ----------------------------------------------------------------------
 
@@ -108,18 +177,29 @@ class SysfsOperations(pyfuse3.Operations):
         else:
             assert node.kind is not None
             entry.st_mode = stat.S_IFDIR | 0o755
+            # A link count that moves is invalidated by write() (Tree.changed), so it may be
+            # cached like the rest.
             entry.st_nlink = 2 + node.kind.subdir_count(node.obj)
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self._mount_ns
         entry.st_blksize = 4096
         timeout = STABLE_TIMEOUT if found.stable else 0.0
         if spec is None and node is self.tree.root:
             timeout = ROOT_TIMEOUT
-        entry.attr_timeout = timeout
         entry.entry_timeout = timeout
+        # apfs/log grows: its size is never cached.
+        entry.attr_timeout = 0.0 if spec is not None and spec.size_varies else timeout
         return entry
 
     def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attributes(self.tree.get(inode))
+        try:
+            return self._attributes(self.tree.get(inode))
+        except PathError:
+            # fstat() of an open file whose node vanished still works on a kernel: the open
+            # file pins its inode.  Open files are few, so this scan is cheap.
+            for opened in self._files.values():
+                if opened.found.ino == inode:
+                    return self._attributes(opened.found)
+            raise
 
     def lookup(self, parent_inode: int, name: bytes, ctx: Any = None):
         parent = self.tree.get(parent_inode)
@@ -186,31 +266,43 @@ class SysfsOperations(pyfuse3.Operations):
         if access in (os.O_RDONLY, os.O_RDWR) and not spec.readable():
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._fh)
-        self._files[fh] = (found, spec.open(found.node.obj))
+        self._files[fh] = OpenFile(found, spec.open(found.node.obj))
         info = pyfuse3.FileInfo(fh=fh)
         info.direct_io = True
         info.keep_cache = False
         return info
 
-    def _live(self, fh: int) -> tuple[Lookup, Handle]:
-        """The open file, if its file still exists (kernfs_get_active: else ENODEV)."""
+    def _live(self, fh: int) -> OpenFile:
+        """The open file, if its node never vanished (kernfs_get_active: else ENODEV)."""
         opened = self._files[fh]
-        if not self.tree.exists(opened[0]):
+        if opened.dead or not self.tree.exists(opened.found):
+            opened.dead = True
             raise pyfuse3.FUSEError(errno.ENODEV)
         return opened
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return self._live(fh)[1].read(offset, size)
+        return self._live(fh).handle.read(offset, size)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        found, handle = self._live(fh)
+        opened = self._live(fh)
         try:
-            written = handle.write(offset, data)
+            written = opened.handle.write(offset, data)
         except DeviceError as exc:
-            self._on_refusal(self.tree.path_of(found), data, exc)
+            self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
-        self.tree.changed()
+        self._after_change(self.tree.changed())
         return written
+
+    def _after_change(self, stale: Invalidations) -> None:
+        # An open file belongs to the node it opened: once that vanishes it stays dead, even
+        # if a node of the same name comes back later (checked now, not at the next read).
+        for opened in self._files.values():
+            if not opened.dead and not self.tree.exists(opened.found):
+                opened.dead = True
+        for parent_ino, name in stale.entries:
+            self._kernel.forget_entry(parent_ino, name)
+        for ino in stale.inodes:
+            self._kernel.forget_attributes(ino)
 
     def flush(self, fh: int) -> None:
         # kernfs has no .flush, and nothing here is written back at close.  FUSE documents
@@ -248,10 +340,9 @@ class SysfsOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
 
-_HANDLERS = frozenset({
-    "getattr", "lookup", "setattr", "readlink", "forget", "statfs", "opendir", "readdir",
-    "releasedir", "open", "read", "write", "flush", "release", "create", "mkdir", "rmdir",
-    "unlink", "rename", "link", "symlink", "mknod", "getxattr", "listxattr", "setxattr",
-    "removexattr",
-})
+_HANDLERS = frozenset(
+    name for name, value in vars(pyfuse3.Operations).items()
+    if callable(value) and not name.startswith("_") and name in vars(SysfsOperations)
+)
+"""Every pyfuse3 request handler this class implements: each is wrapped by :func:`_guarded`."""
 assert FUSE_ROOT_INO == pyfuse3.ROOT_INODE

@@ -6,13 +6,14 @@ s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``guests/``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
 
 from apfs.ap import bus_tree, matrix_tree
 from apfs.ap.guests import GUESTS, GuestControl
-from apfs.kernfs import Snapshot, Subdir, directory
+from apfs.kernfs import Snapshot, Subdir, directory, resolve
 from apfs.kmsg import KernelLog
 from apfs.tree import Tree
 from vdev.ap.bus import ApBus
@@ -49,7 +50,7 @@ class Host:
         self.bus = ApBus(config)
         self.matrix = ApMatrix(self.bus)
         self.tree = Tree(ROOT, self)
-        self.guests = GuestControl(self.matrix, self.tree.resolve)
+        self.guests = GuestControl(self.matrix, functools.partial(resolve, ROOT, self))
 
     def log_refusal(self, path: str, data: bytes, exc: DeviceError) -> None:
         value = data[:LOG_EXCERPT].decode("latin-1")

@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from vdev.errors import DeviceError
-
 PAGE_SIZE = 4096
 """sysfs text attributes report this size and accept at most this many bytes per write()."""
 
@@ -31,8 +29,24 @@ Store = Callable[[Any, str], None]
 When = Callable[[Any], bool]
 
 
+class PathError(Exception):
+    """A name that does not resolve: ENOENT, ENOTDIR or ELOOP, and where.
+
+    Not an OSError on purpose: the FUSE layer answers this errno quietly, while a genuine
+    OSError inside a handler is a bug that must reach the EIO-and-traceback path.
+    """
+
+    def __init__(self, code: int, where: str) -> None:
+        super().__init__(f"{where}: {errno.errorcode.get(code, code)}")
+        self.errno = code
+        self.where = where
+
+
 class Handle(Protocol):
-    """What an open file is: per-open state (a show snapshot, a pending TPM response...)."""
+    """What an open file is: per-open state (a show snapshot, a pending TPM response...).
+
+    ``write`` is only ever called on handles of specs that are :meth:`FileSpec.writable`.
+    """
 
     def read(self, offset: int, size: int) -> bytes: ...
 
@@ -45,6 +59,10 @@ class FileSpec(Protocol):
     name: str
     mode: int
     when: When | None
+
+    size_varies: bool
+    """Whether :meth:`size` can change while the file exists (then the kernel must not
+    cache the file's attributes)."""
 
     def size(self, obj: Any) -> int: ...
 
@@ -61,9 +79,11 @@ class FileSpec(Protocol):
 class TextHandle:
     """An open sysfs text attribute (fs/kernfs/file.c semantics).
 
-    ``show()`` runs at each read at offset 0 and the result is kept as this open file's
-    snapshot, so a reader walking the file in pieces sees one consistent text; each
-    ``write()`` is one ``store()`` of the whole buffer, whatever the offset.
+    ``show()`` runs at the first read of an open file, whatever its offset, and at every read
+    at offset 0; the result is kept as this open file's snapshot, so a reader walking the
+    file in pieces sees one consistent text (``dd bs=1 skip=1`` on a fresh open reads the
+    second byte, as kernfs_seq_start does).  Each ``write()`` is one ``store()`` of the whole
+    buffer, whatever the offset.
     """
 
     __slots__ = ("_attr", "_obj", "_snapshot")
@@ -71,10 +91,10 @@ class TextHandle:
     def __init__(self, attr: Attr, obj: Any) -> None:
         self._attr = attr
         self._obj = obj
-        self._snapshot = b""
+        self._snapshot: bytes | None = None
 
     def read(self, offset: int, size: int) -> bytes:
-        if offset == 0:
+        if offset == 0 or self._snapshot is None:
             assert self._attr.show is not None
             # seq_file gives show() one page; the kernel keeps at most PAGE_SIZE - 1 bytes.
             self._snapshot = self._attr.show(self._obj).encode()[: PAGE_SIZE - 1]
@@ -102,6 +122,8 @@ class Attr:
     store: Store | None = None
     when: When | None = None
     """Present only while ``when(obj)`` is true (e.g. ``online`` only under a host driver)."""
+
+    size_varies = False
 
     def size(self, obj: Any) -> int:
         return PAGE_SIZE
@@ -145,9 +167,6 @@ class SnapshotHandle:
     def read(self, offset: int, size: int) -> bytes:
         return self._data[offset : offset + size]
 
-    def write(self, offset: int, data: bytes) -> int:
-        raise DeviceError(errno.EACCES, "snapshot files are read-only")
-
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -157,6 +176,9 @@ class Snapshot:
     content: Callable[[Any], bytes]
     mode: int = 0o444
     when: When | None = None
+
+    size_varies = True
+    """Its size is the content's, which grows: never cached by the kernel."""
 
     def size(self, obj: Any) -> int:
         return len(self.content(obj))
@@ -185,7 +207,6 @@ class Subdir:
     name: str
     kind: DirKind
     get: Callable[[Any], Any] = _same
-    when: When | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +295,9 @@ class DirKind:
     _named: dict[str, Subdir | Link] = field(init=False, repr=False)
     _families: tuple[Subdirs | Links, ...] = field(init=False, repr=False)
     _aliases: tuple[Alias, ...] = field(init=False, repr=False)
+    _named_subdirs: int = field(init=False, repr=False)
+    nlink_varies: bool = field(init=False)
+    """Whether ``st_nlink`` (2 + sub-directories) can change while the directory lives."""
 
     MAX_FILES = 127
     """File inodes are encoded as directory inode + 1 + index (see :mod:`apfs.tree`)."""
@@ -285,6 +309,9 @@ class DirKind:
         self._named = {e.name: e for e in self.entries if isinstance(e, Subdir | Link)}
         self._families = tuple(e for e in self.entries if isinstance(e, Subdirs | Links))
         self._aliases = tuple(e for e in self.entries if isinstance(e, Alias))
+        self._named_subdirs = sum(isinstance(e, Subdir) for e in self.entries)
+        self.nlink_varies = any(isinstance(f, Subdirs) and not f.stable
+                                for f in self._families)
         clash = set(self._file_index) & set(self._named)
         if len(self._file_index) != len(self.files) or clash:
             raise ValueError(f"{self.name}: duplicate names {sorted(clash) or self.files}")
@@ -333,20 +360,16 @@ class DirKind:
 
     def subdir_count(self, obj: Any) -> int:
         """For ``st_nlink = 2 + subdirs``; families are counted by their mapping's size."""
-        count = 0
-        for entry in self.entries:
-            if isinstance(entry, Subdir):
-                count += entry.when is None or entry.when(obj)
-            elif isinstance(entry, Subdirs):
-                count += len(entry.items(obj))
+        count = self._named_subdirs
+        for family in self._families:
+            if isinstance(family, Subdirs):
+                count += len(family.items(obj))
         return count
 
 
 def _found_named(entry: Subdir | Link, obj: Any) -> Found | None:
     if isinstance(entry, Subdir):
-        if entry.when is not None and not entry.when(obj):
-            return None
-        return FoundDir(entry.kind, entry.get(obj), entry.when is None)
+        return FoundDir(entry.kind, entry.get(obj), True)
     target = entry.target(obj)
     return None if target is None else FoundLink(target, not entry.conditional)
 
@@ -367,3 +390,45 @@ def relative_link(link_dir: Path, target: Path) -> str:
         common += 1
     ups = len(link_dir) - common
     return "/".join([".."] * ups + list(target[common:])) or "."
+
+
+MAX_LINK_DEPTH = 8
+
+
+def resolve(root: DirKind, root_obj: Any, path: Path) -> tuple[Any, FileSpec | None]:
+    """What ``path`` (names from the root) names, following symlinks like the kernel's
+    path walk: ``(directory object, None)`` or ``(object of the file's directory, spec)``.
+
+    Works on the declarations alone, so device code (a guest start naming a sysfsdev path)
+    never depends on the inode table.  Raises :class:`PathError`.
+    """
+    return _walk(root, root_obj, path, 0)
+
+
+def _walk(root: DirKind, root_obj: Any, path: Path, depth: int) -> tuple[Any, FileSpec | None]:
+    if depth > MAX_LINK_DEPTH:
+        raise PathError(errno.ELOOP, "/".join(path))
+    stack: list[tuple[str, DirKind, Any]] = [("", root, root_obj)]
+    spec: FileSpec | None = None
+    for i, name in enumerate(path):
+        if spec is not None:
+            raise PathError(errno.ENOTDIR, "/".join(path[:i]))
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if len(stack) > 1:
+                stack.pop()
+            continue
+        _, kind, obj = stack[-1]
+        found = kind.lookup(obj, name)
+        if found is None:
+            raise PathError(errno.ENOENT, "/".join(path[: i + 1]))
+        if isinstance(found, FoundFile):
+            spec = found.spec
+        elif isinstance(found, FoundDir):
+            stack.append((name, found.kind, found.obj))
+        else:
+            here = tuple(entry[0] for entry in stack[1:])
+            target = (*here, *found.target) if found.relative else found.target
+            return _walk(root, root_obj, (*target, *path[i + 1 :]), depth + 1)
+    return stack[-1][2], spec

@@ -8,20 +8,41 @@ which keeps a 256x256 host (about 660,000 attribute files) to about 330,000 reco
 Records never hold device state; they hold the object a declaration was resolved against.
 Whether a record still means what it meant is checked by resolving its name again in its
 parent — but only after a write, since nothing else changes the tree.
+
+Records of entries that can vanish (mediated devices, driver links) must not outlive them:
+the kernel keeps dentries of a vanished name until memory pressure, so waiting for its FORGET
+would let records pile up with every create/remove.  After each accepted write the tree
+re-checks a few of those records, round-robin (:data:`SWEEP_PER_WRITE`), drops the dead ones
+with their sub-trees, and reports the names the kernel should invalidate
+(:meth:`Tree.changed`).  The same report names directories whose link count moved, since
+their attributes are otherwise cached for minutes.
 """
 
 from __future__ import annotations
 
 import errno
-from collections import OrderedDict
-from typing import Any
+from collections import OrderedDict, deque
+from typing import Any, NamedTuple
 
-from apfs.kernfs import DirKind, FileSpec, FoundDir, FoundFile, FoundLink, Path, relative_link
+from apfs.kernfs import (
+    DirKind,
+    FileSpec,
+    FoundDir,
+    FoundFile,
+    FoundLink,
+    Path,
+    PathError,
+    relative_link,
+)
 
 LISTING_CACHE_MIN = 1024
 """Directories with at least this many entries keep their last listing until the next write
 (``sys/bus/ap/devices`` of a 256x256 host has 65 792: rebuilding it costs ~0.2 s)."""
 LISTING_CACHE_SIZE = 4
+
+SWEEP_PER_WRITE = 16
+"""Records of vanishable entries re-checked after each accepted write: enough to outpace a
+create/assign/remove loop (a few such records per cycle), small enough for the echo path."""
 
 INO_SHIFT = 7
 """Low bits of an inode number index a directory's file table (0 = the directory itself)."""
@@ -71,6 +92,15 @@ class Lookup:
         self.stable = stable
 
 
+class Invalidations(NamedTuple):
+    """What the kernel may hold stale after a write: vanished names, changed attributes."""
+
+    entries: list[tuple[int, str]]
+    """(parent inode, name) of entries that no longer exist."""
+    inodes: list[int]
+    """Directories whose attributes (``st_nlink``) changed."""
+
+
 class Tree:
     """The inode table over one root declaration."""
 
@@ -80,8 +110,17 @@ class Tree:
         self.generation = 1
         """Bumped after every accepted write; records re-check themselves when it moved."""
         self._listings: OrderedDict[int, tuple[int, list[tuple[str, Lookup]]]] = OrderedDict()
+        self._vanishable: deque[Node] = deque()
+        self._vanished: list[tuple[int, str]] = []
+        self._link_counts: dict[int, tuple[Node, int]] = {}
+        """Directories whose ``st_nlink`` can change, with the count last seen."""
         self.root = self._new_node(None, "", True, kind=root_kind, obj=root_obj)
         self.root.checked = self.generation
+
+    @property
+    def record_count(self) -> int:
+        """Records held: directories and symlinks the kernel has seen that may still exist."""
+        return len(self._nodes)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -95,23 +134,55 @@ class Tree:
             if parent.kids is None:
                 parent.kids = {}
             parent.kids[name] = node
+        if not stable:
+            self._vanishable.append(node)
+        if node.kind is not None and node.kind.nlink_varies:
+            self._link_counts[ino] = (node, node.kind.subdir_count(node.obj))
         return node
 
-    def changed(self) -> None:
-        """A write was accepted: any record may now mean something else."""
+    def changed(self) -> Invalidations:
+        """A write was accepted: any record may now mean something else.  Re-checks a few
+        vanishable records and returns what the kernel should forget."""
         self.generation += 1
+        for _ in range(min(SWEEP_PER_WRITE, len(self._vanishable))):
+            node = self._vanishable.popleft()
+            if self._nodes.get(node.ino) is node and self._alive(node):
+                self._vanishable.append(node)
+        moved = []
+        for ino, (node, count) in list(self._link_counts.items()):
+            if self._nodes.get(ino) is not node:
+                del self._link_counts[ino]
+                continue
+            now = node.kind.subdir_count(node.obj)  # type: ignore[union-attr]
+            if now != count:
+                self._link_counts[ino] = (node, now)
+                moved.append(self._kernel_ino(node))
+        vanished, self._vanished = self._vanished, []
+        return Invalidations(vanished, moved)
 
     def forget(self, ino: int) -> None:
         """The kernel dropped ``ino``; keep live records (stable numbers), drop dead ones."""
         node = self._nodes.get(ino)
         if node is not None and node is not self.root and not self._alive(node):
-            self._drop(node)
+            self._drop(node, tell_kernel=False)
 
-    def _drop(self, node: Node) -> None:
-        self._nodes.pop(node.ino, None)
-        kids = node.parent.kids if node.parent is not None else None
-        if kids is not None and kids.get(node.name) is node:
-            del kids[node.name]
+    def _drop(self, node: Node, tell_kernel: bool = True) -> None:
+        """Forget a record and its whole sub-tree; the kernel's dentry of the top one is
+        reported for invalidation (invalidating a directory drops its children too)."""
+        if self._nodes.get(node.ino) is not node:
+            return
+        del self._nodes[node.ino]
+        parent = node.parent
+        if parent is not None and parent.kids is not None and parent.kids.get(node.name) is node:
+            del parent.kids[node.name]
+            if tell_kernel and self._nodes.get(parent.ino) is parent:
+                self._vanished.append((self._kernel_ino(parent), node.name))
+        if node.kids:
+            for kid in list(node.kids.values()):
+                self._drop(kid, tell_kernel=False)
+
+    def _kernel_ino(self, node: Node) -> int:
+        return FUSE_ROOT_INO if node is self.root else node.ino
 
     # -- resolution --------------------------------------------------------------------------
 
@@ -132,12 +203,12 @@ class Tree:
         return True
 
     def lookup(self, parent: Node, name: str) -> Lookup:
-        """Resolve ``name`` in ``parent``; raise OSError(ENOENT) when it does not exist."""
+        """Resolve ``name`` in ``parent``; raise PathError(ENOENT) when it does not exist."""
         if parent.kind is None or not self._alive(parent):
-            raise OSError(errno.ENOENT, name)
+            raise PathError(errno.ENOENT, name)
         found = parent.kind.lookup(parent.obj, name)
         if found is None:
-            raise OSError(errno.ENOENT, name)
+            raise PathError(errno.ENOENT, name)
         return self.intern(parent, name, found)
 
     def intern(self, parent: Node, name: str, found: FoundFile | FoundDir | FoundLink) -> Lookup:
@@ -165,16 +236,16 @@ class Tree:
             return Lookup(FUSE_ROOT_INO, self.root, None, True)
         node = self._nodes.get(ino & ~((1 << INO_SHIFT) - 1))
         if node is None or not self._alive(node):
-            raise OSError(errno.ENOENT, str(ino))
+            raise PathError(errno.ENOENT, f"inode {ino}")
         index = (ino & ((1 << INO_SHIFT) - 1)) - 1
         if index < 0:
             return Lookup(ino, node, None, node.stable)
         assert node.kind is not None
         if index >= len(node.kind.files):
-            raise OSError(errno.ENOENT, str(ino))
+            raise PathError(errno.ENOENT, f"inode {ino}")
         spec = node.kind.files[index]
         if not _present(spec, node):
-            raise OSError(errno.ENOENT, f"{'/'.join(node.path)}/{spec.name}")
+            raise PathError(errno.ENOENT, f"{'/'.join(node.path)}/{spec.name}")
         return Lookup(ino, node, spec, spec.when is None)
 
     def exists(self, found: Lookup) -> bool:
@@ -187,7 +258,7 @@ class Tree:
     def listing(self, node: Node) -> list[tuple[str, Lookup]]:
         """Every entry of a directory, interned, for readdir (callers must not modify it)."""
         if node.kind is None or not self._alive(node):
-            raise OSError(errno.ENOENT, "/".join(node.path))
+            raise PathError(errno.ENOENT, "/".join(node.path))
         cached = self._listings.get(node.ino)
         if cached is not None and cached[0] == self.generation:
             self._listings.move_to_end(node.ino)
@@ -200,28 +271,6 @@ class Tree:
             if len(self._listings) > LISTING_CACHE_SIZE:
                 self._listings.popitem(last=False)
         return entries
-
-    def resolve(self, path: Path, follow: bool = True, _depth: int = 0) -> Lookup:
-        """Walk ``path`` from the root like the kernel would, following symlinks."""
-        if _depth > 8:
-            raise OSError(errno.ELOOP, "/".join(path))
-        here = Lookup(FUSE_ROOT_INO, self.root, None, True)
-        for i, name in enumerate(path):
-            if here.spec is not None:
-                raise OSError(errno.ENOTDIR, "/".join(path[:i]))
-            if name in ("", "."):
-                continue
-            if name == "..":
-                parent = here.node.parent or self.root
-                here = Lookup(parent.ino, parent, None, True)
-                continue
-            here = self.lookup(here.node, name)
-            last = i == len(path) - 1
-            if here.spec is None and here.node.target is not None and (follow or not last):
-                link_dir = here.node.path[:-1]
-                joined = link_dir + tuple(here.node.target.split("/"))
-                here = self.resolve(_normalize(joined), True, _depth + 1)
-        return here
 
     def path_of(self, lookup: Lookup) -> str:
         """A human-readable path for log lines."""
@@ -249,15 +298,3 @@ def _link_text(link_dir: Node, found: FoundLink) -> str:
         return "/".join(found.target)
     return relative_link(link_dir.path, found.target)
 
-
-def _normalize(path: Path) -> Path:
-    out: list[str] = []
-    for name in path:
-        if name in ("", "."):
-            continue
-        if name == "..":
-            if out:
-                out.pop()
-        else:
-            out.append(name)
-    return tuple(out)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from typing import Any
 
 from apfs.ap.attrs import attribute_files
-from apfs.kernfs import Path, Subdirs, directory, wo
-from apfs.tree import Lookup
+from apfs.kernfs import FileSpec, Path, PathError, Subdirs, directory, wo
 from vdev.ap.bus import Attr
 from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
 from vdev.errors import DeviceError
@@ -25,7 +25,8 @@ DEVICE = "vfio_ap_matrix"
 class GuestControl:
     """Turns a QEMU ``-device`` argument (or a bare sysfsdev path) into a guest start/stop."""
 
-    def __init__(self, matrix: ApMatrix, resolve: Callable[[Path], Lookup]) -> None:
+    def __init__(self, matrix: ApMatrix,
+                 resolve: Callable[[Path], tuple[Any, FileSpec | None]]) -> None:
         self.matrix = matrix
         self._resolve = resolve
 
@@ -50,12 +51,11 @@ class GuestControl:
             raise DeviceError(errno.EINVAL, f"guests/{attr}: sysfsdev {path!r} must be an "
                               f"absolute /sys path")
         try:
-            found = self._resolve(tuple(path.split("/")[1:]))
-        except OSError as exc:
-            raise DeviceError(exc.errno or errno.ENOENT, f"guests/{attr}: sysfsdev {path!r} "
-                              f"does not resolve: {os.strerror(exc.errno or errno.ENOENT)} "
-                              f"at {exc.strerror!r}") from None
-        mdev = found.node.obj if found.spec is None else None
+            obj, spec = self._resolve(tuple(path.split("/")[1:]))
+        except PathError as exc:
+            raise DeviceError(exc.errno, f"guests/{attr}: sysfsdev {path!r} does not "
+                              f"resolve: {os.strerror(exc.errno)} at {exc.where!r}") from None
+        mdev = obj if spec is None else None
         if not isinstance(mdev, MatrixMdev):
             raise DeviceError(errno.ENODEV, f"guests/{attr}: sysfsdev {path!r} is not a "
                               f"mediated matrix device")

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from apfs.host import Host
+from apfs.host import ROOT, Host
+from apfs.kernfs import resolve
 from apfs.tree import Lookup
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,8 @@ def model_snapshot(host: Host, exclude: Iterable[str] = (LOG,)) -> Snapshot:
                 out[rel] = "dir"
                 walk(found, f"{rel}/")
 
-    walk(host.tree.resolve(()), "")
+    root = host.tree.root
+    walk(Lookup(root.ino, root, None, True), "")
     return out
 
 
@@ -146,9 +148,9 @@ def symlinks(root: Path) -> dict[str, str]:
 
 def apply_in_process(host: Host, relpath: str, data: bytes) -> int:
     """One ``write()`` to ``relpath`` of an in-process host, as the FUSE layer performs it."""
-    found = host.tree.resolve(tuple(relpath.split("/")))
-    assert found.spec is not None, relpath
-    written = found.spec.open(found.node.obj).write(0, data)
+    obj, spec = resolve(ROOT, host, tuple(relpath.split("/")))
+    assert spec is not None, relpath
+    written = spec.open(obj).write(0, data)
     host.tree.changed()
     return written
 

@@ -29,11 +29,15 @@ def test_log_is_read_only_even_for_root(mount: Mount) -> None:
     assert mount.log() == before
 
 
-def test_log_size_is_its_length(mount: Mount) -> None:
-    """Not a sysfs attribute: a file whose size is what `cat` prints."""
+def test_log_size_is_its_length_right_after_each_refusal(mount: Mount) -> None:
+    """Not a sysfs attribute: a file whose size is what `cat` prints, never a cached value
+    (`wc -c` trusts st_size)."""
     assert os.stat(mount.root / LOG).st_size == len(mount.log().encode())
-    mount.bash('echo nonsense > "$SYS/bus/ap/ap_domain"')
-    assert os.stat(mount.root / LOG).st_size == len(mount.log().encode())
+    for _ in range(2):
+        mount.bash('echo nonsense > "$SYS/bus/ap/ap_domain"')
+        assert os.stat(mount.root / LOG).st_size == len(mount.log().encode())
+        counted = mount.bash("wc -c < apfs/log").stdout.strip()
+        assert int(counted) == len(mount.log().encode())
 
 
 # (file, bytes written in one write(), errno)

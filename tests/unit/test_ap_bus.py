@@ -286,7 +286,8 @@ def test_boot_bindings_from_config() -> None:
     ("toml", "words"),
     [
         ('[[card]]\nid = "05"\ntype = "CEX9Z"', ["card 05", "'CEX9Z'"]),
-        ('[[card]]\nid = "100"\ntype = "CEX5C"', ["card[0].id", "256"]),
+        ('[[card]]\nid = "100"\ntype = "CEX5C"', ["card[0].id", "0x100 is outside"]),
+        ('[[card]]\nid = 511\ntype = "CEX5C"', ["card[0].id", "0x1ff is outside"]),
         ('[[card]]\nid = "zz"\ntype = "CEX5C"', ["card[0].id", "'zz'"]),
         ('[[card]]\nid = 5\ntype = "CEX5C"\n[[card]]\nid = "05"\ntype = "CEX5A"',
          ["card[1].id", "twice"]),

@@ -202,6 +202,14 @@ def test_create_refusals() -> None:
     assert sh.cat(f"{TYPE_DIR}/available_instances") == "0\n"
 
 
+def test_create_accepts_any_37th_byte() -> None:
+    # The FUSE layer hands over one character per byte written (latin-1): a stray 0xff after
+    # the UUID is one byte, which uuid_parse never looks at.
+    sh = Shell()
+    sh.write(UUID1 + "\xff", f"{TYPE_DIR}/create")
+    assert list(sh.matrix.mdevs) == [UUID1]
+
+
 def test_remove_frees_the_apqns() -> None:
     sh = Shell()
     reserve(sh, ["05.0004"])

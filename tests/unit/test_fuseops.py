@@ -13,8 +13,8 @@ import os
 import pyfuse3
 import pytest
 
-from apfs.fuseops import _HANDLERS, STABLE_TIMEOUT, SysfsOperations
-from apfs.kernfs import Link, Subdir, Subdirs, directory, relative_link, ro, rw
+from apfs.fuseops import STABLE_TIMEOUT, SysfsOperations
+from apfs.kernfs import Link, Subdir, Subdirs, directory, relative_link, ro, rw, wo
 from apfs.tree import Tree
 from vdev.errors import DeviceError
 
@@ -31,27 +31,58 @@ def _store_value(model: Model, text: str) -> None:
     model.value = int(text)
 
 
+def _store_create(model: Model, text: str) -> None:
+    model.items[text.strip()] = Model()
+
+
+def _store_remove(model: Model, text: str) -> None:
+    model.items.pop(text.strip(), None)
+
+
 def _crash(model: Model) -> str:
     raise RuntimeError("a bug in a show function")
 
 
-ITEM = directory("item", ro("value", lambda m: f"{m.value}\n"))
+ITEM = directory("item", ro("value", lambda m: f"{m.value}\n"),
+                 Link("root", lambda m: ("value",)))
 ROOT = directory(
     "",
     rw("value", lambda m: f"{m.value}\n", _store_value),
+    ro("odd", lambda m: "yes\n", when=lambda m: m.value % 2 == 1),
     ro("crash", _crash),
+    wo("create", _store_create),
+    wo("remove", _store_remove),
     Subdirs(ITEM, lambda m: m.items),
     Subdir("static", directory("static", Link("up", lambda m: ("value",)))),
 )
+
+
+class RecordedKernel:
+    """What the operations told the kernel to drop."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str]] = []
+        self.inodes: list[int] = []
+
+    def forget_entry(self, parent_ino: int, name: str) -> None:
+        self.entries.append((parent_ino, name))
+
+    def forget_attributes(self, ino: int) -> None:
+        self.inodes.append(ino)
 
 
 @pytest.fixture
 def ops() -> SysfsOperations:
     refusals: list[str] = []
     operations = SysfsOperations(Tree(ROOT, Model()),
-                                 on_refusal=lambda path, data, exc: refusals.append(path))
+                                 on_refusal=lambda path, data, exc: refusals.append(path),
+                                 kernel=RecordedKernel())
     operations.refusals = refusals  # type: ignore[attr-defined]
     return operations
+
+
+def _kernel(ops: SysfsOperations) -> RecordedKernel:
+    return ops._kernel  # type: ignore[return-value]
 
 
 async def _ino(ops: SysfsOperations, *names: str) -> int:
@@ -59,6 +90,14 @@ async def _ino(ops: SysfsOperations, *names: str) -> int:
     for name in names:
         ino = (await ops.lookup(ino, name.encode())).st_ino
     return ino
+
+
+async def _echo(ops: SysfsOperations, name: str, text: str) -> None:
+    info = await ops.open(await _ino(ops, name), os.O_WRONLY | os.O_TRUNC, None)
+    try:
+        await ops.write(info.fh, 0, text.encode())
+    finally:
+        await ops.release(info.fh)
 
 
 async def _cat(ops: SysfsOperations, ino: int) -> bytes:
@@ -69,9 +108,15 @@ async def _cat(ops: SysfsOperations, ino: int) -> bytes:
         await ops.release(info.fh)
 
 
-def test_every_handler_is_guarded(ops: SysfsOperations) -> None:
-    for name in _HANDLERS:
+def test_every_pyfuse3_handler_we_implement_is_guarded(ops: SysfsOperations) -> None:
+    implemented = [name for name, value in vars(pyfuse3.Operations).items()
+                   if callable(value) and name in vars(SysfsOperations)]
+    assert "write" in implemented and "forget" in implemented
+    for name in implemented:
         assert getattr(getattr(ops, name), "__wrapped__", None) is not None, name
+    # Capability flags are read by pyfuse3's init: wrapping one would turn it on (a
+    # writeback cache would make the kernel keep its own file sizes).
+    assert ops.enable_writeback_cache is False and ops.supports_dot_lookup is False
 
 
 async def test_a_crashing_show_answers_eio_logs_and_the_next_request_works(
@@ -103,26 +148,61 @@ async def test_stable_entries_are_cached_and_families_are_not(ops: SysfsOperatio
 
 
 async def test_a_vanished_directory_and_its_files_are_gone(ops: SysfsOperations) -> None:
-    items = ops.tree.root.obj.items
-    items["a"] = Model()
+    await _echo(ops, "create", "a")
     item_value = await _ino(ops, "a", "value")
     info = await ops.open(item_value, os.O_RDONLY, None)
-    del items["a"]
-    ops.tree.changed()  # what an accepted write does
-    with pytest.raises(pyfuse3.FUSEError) as gone:
-        await ops.getattr(item_value)
-    assert gone.value.errno == errno.ENOENT
+    await _echo(ops, "remove", "a")
     with pytest.raises(pyfuse3.FUSEError) as stale:
         await ops.read(info.fh, 0, 4096)
     assert stale.value.errno == errno.ENODEV  # kernfs_get_active on a removed node
+    # fstat() of the open file still works (the open pins the inode); once closed, it's gone.
+    assert (await ops.getattr(item_value)).st_ino == item_value
+    await ops.release(info.fh)
+    with pytest.raises(pyfuse3.FUSEError) as gone:
+        await ops.getattr(item_value)
+    assert gone.value.errno == errno.ENOENT
+
+
+async def test_an_open_file_stays_dead_when_a_file_of_its_name_returns(
+        ops: SysfsOperations) -> None:
+    info = await ops.open(await _ino(ops, "odd"), os.O_RDONLY, None)
+    assert await ops.read(info.fh, 0, 4096) == b"yes\n"
+    await _echo(ops, "value", "2")  # "odd" vanishes...
+    await _echo(ops, "value", "3")  # ...and a new "odd" appears
+    with pytest.raises(pyfuse3.FUSEError) as stale:
+        await ops.read(info.fh, 0, 4096)
+    assert stale.value.errno == errno.ENODEV
+    assert await _cat(ops, await _ino(ops, "odd")) == b"yes\n"  # a fresh open works
+
+
+async def test_records_of_removed_directories_are_dropped_and_the_kernel_told(
+        ops: SysfsOperations) -> None:
+    await _echo(ops, "create", "warm-up")
+    await _ino(ops, "warm-up", "root")
+    baseline = ops.tree.record_count
+    for i in range(200):
+        await _echo(ops, "create", f"d{i}")
+        await _ino(ops, f"d{i}", "root")  # the directory and its symlink get records
+        await _echo(ops, "remove", f"d{i}")
+    assert ops.tree.record_count <= baseline + 2
+    assert (pyfuse3.ROOT_INODE, "d199") in _kernel(ops).entries
+    assert not any(name == "root" for _, name in _kernel(ops).entries)  # sub-trees go along
+
+
+async def test_a_changed_link_count_invalidates_the_directory_attributes(
+        ops: SysfsOperations) -> None:
+    before = (await ops.getattr(pyfuse3.ROOT_INODE)).st_nlink
+    await _echo(ops, "create", "a")
+    assert _kernel(ops).inodes == [pyfuse3.ROOT_INODE]
+    assert (await ops.getattr(pyfuse3.ROOT_INODE)).st_nlink == before + 1
+    await _echo(ops, "value", "5")
+    assert _kernel(ops).inodes == [pyfuse3.ROOT_INODE]  # nothing moved this time
 
 
 async def test_a_recreated_directory_gets_a_new_inode(ops: SysfsOperations) -> None:
-    items = ops.tree.root.obj.items
-    items["a"] = Model()
+    await _echo(ops, "create", "a")
     first = await _ino(ops, "a")
-    items["a"] = Model()
-    ops.tree.changed()
+    await _echo(ops, "create", "a")
     assert await _ino(ops, "a") != first
 
 

@@ -202,7 +202,7 @@ def _parse_id(key: str, value: Any) -> int:
         if value < 0:
             raise ValueError(f"{key}: {digits!r} is not a hexadecimal id") from None
     if not 0 <= value <= MAX_ID:
-        raise ValueError(f"{key}: {value!r} is outside 0x00..0xff")
+        raise ValueError(f"{key}: {value:#x} is outside 0x00..0xff")
     return value
 
 

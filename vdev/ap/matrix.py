@@ -56,9 +56,10 @@ Apqn = tuple[int, int]
 def _parse_uuid(text: str) -> str:
     """mdev core ``create``: 36 or 37 bytes, the first 36 a UUID (``uuid_is_valid``).
 
-    The kernel never looks at the 37th byte, so it need not be a newline.
+    The kernel never looks at the 37th byte, so it need not be a newline.  ``text`` holds one
+    character per byte written (latin-1), so its length is the kernel's ``count``.
     """
-    if len(text.encode()) not in (UUID_LEN, UUID_LEN + 1):
+    if len(text) not in (UUID_LEN, UUID_LEN + 1):
         raise DeviceError(errno.EINVAL, f"create: {text!r} is not a UUID "
                           f"(expected 36 characters and at most one more, e.g. a newline)")
     uuid = text[:UUID_LEN]
