@@ -84,21 +84,28 @@ def _logged(handler: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T
 
     @functools.wraps(handler)
     async def wrapper(*args: Any) -> _T:
-        name = handler.__name__
+        request = f"{handler.__name__}({', '.join(_describe(a) for a in args if a is not None)})"
         try:
             result = await handler(*args)
         except pyfuse3.FUSEError as exc:
-            log.debug("request %s%r -> %s", name, _short(args), errno.errorcode.get(exc.errno))
+            log.debug("request %s -> %s", request, errno.errorcode.get(exc.errno, exc.errno))
             raise
-        log.debug("request %s%r -> %s", name, _short(args), _short(result))
+        log.debug("request %s -> %s", request, _describe(result))
         return result
 
     return wrapper
 
 
-def _short(value: Any) -> str:
+def _describe(value: Any) -> str:
+    """A request argument or answer as a short, readable word for the --debug trace."""
+    if isinstance(value, pyfuse3.EntryAttributes):
+        return f"ino {value.st_ino} mode {value.st_mode:o} size {value.st_size}"
+    if isinstance(value, pyfuse3.FileInfo):
+        return f"fh {value.fh}"
+    if isinstance(value, pyfuse3.RequestContext):
+        return f"pid {value.pid}"
     text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class KernelCache(Protocol):

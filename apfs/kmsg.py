@@ -37,7 +37,9 @@ class KernelLogHandler(logging.Handler):
     """Feeds Python log records (message only, like printk) into a :class:`KernelLog`."""
 
     def __init__(self, kmsg: KernelLog) -> None:
-        super().__init__()
+        # INFO and up: what a kernel would print.  --debug's per-request trace goes only to
+        # the daemon's own log, or reading apfs/log would grow apfs/log.
+        super().__init__(logging.INFO)
         self._kmsg = kmsg
 
     def emit(self, record: logging.LogRecord) -> None:
