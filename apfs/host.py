@@ -1,7 +1,7 @@
 """One mount's world: the device models, the tree that shows them, and the log.
 
 The mount root holds ``sys/`` (the sysfs tree, so ``SYSFS_ROOT=<mount>/sys`` works for
-s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``guests/``).
+s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``guests/``, ``zcrypt/request``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from apfs.ap import bus_tree, matrix_tree
+from apfs.ap.attrs import attribute_files
 from apfs.ap.guests import GUESTS, GuestControl
 from apfs.kernfs import Snapshot, Subdir, directory, resolve
 from apfs.kmsg import KernelLog
@@ -19,6 +20,7 @@ from apfs.tree import Tree
 from vdev.ap.bus import ApBus
 from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
 from vdev.ap.matrix import ApMatrix
+from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 
 log = logging.getLogger("apfs")
@@ -49,6 +51,7 @@ class Host:
         self.kmsg = KernelLog()
         self.bus = ApBus(config)
         self.matrix = ApMatrix(self.bus)
+        self.zcrypt = Zcrypt(self.bus)
         self.tree = Tree(ROOT, self)
         self.guests = GuestControl(self.matrix, functools.partial(resolve, ROOT, self))
 
@@ -82,6 +85,8 @@ CONTROL = directory(
     "apfs",
     Snapshot("log", lambda host: host.kmsg.content()),
     Subdir("guests", GUESTS, lambda host: host.guests),
+    Subdir("zcrypt", directory("zcrypt", *attribute_files(Zcrypt, Zcrypt.ATTRS)),
+           lambda host: host.zcrypt),
 )
 
 ROOT = directory("", Subdir("sys", SYSFS), Subdir("apfs", CONTROL))

@@ -49,6 +49,7 @@ MDEV1 = "sys/devices/ap_matrix/matrix/$uuid1"  # Guest1: 05 06 x 0004 00ab
 MDEV2 = "sys/devices/ap_matrix/matrix/$uuid2"  # Guest2: 05 x 0047 00ff, guest running
 TYPE = "sys/devices/ap_matrix/matrix/mdev_supported_types/ap_matrix-passthrough"
 GUESTS = "apfs/guests"
+ZCRYPT = "apfs/zcrypt"
 
 # 5000 bytes in one write() (tr's buffer is larger; bash's printf would write 4096 + 904).
 FIVE_THOUSAND_Z = "head -c 5000 /dev/zero | tr '\\0' z"
@@ -158,11 +159,16 @@ REFUSALS = [
     Case(GUESTS, "echo /sys/bus/ap > start", errno.ENODEV),
     Case(GUESTS, "echo /sys/bus/mdev/devices/$uuid2 > start", errno.EBUSY),  # already running
     Case(GUESTS, "echo /sys/bus/mdev/devices/$uuid1 > stop", errno.ENOENT),  # not running
+    # host-side crypto requests
+    Case(ZCRYPT, "echo 05.0004 0 > request", errno.EINVAL),
+    Case(ZCRYPT, "echo 05.0004 1 soon > request", errno.EINVAL),
+    Case(ZCRYPT, "echo 07.0004 > request", errno.ENODEV),
+    Case(ZCRYPT, "echo 05.0004 > request", errno.ENODEV),  # passthrough (vfio_ap_matrix)
 ]
 
 # Writes that sysfs accepts whatever they say and that change nothing visible here.
 ACCEPTED_NO_CHANGE = [
-    Case(CARD05, "echo junk > request_count", 0),  # zeroes counters, which are 0
+    Case(CARD05, "echo junk > request_count", 0),  # zeroes counters; none counted yet
     Case(HOST_QUEUE, "echo junk > request_count", 0),
     Case(GUEST_QUEUE, "echo junk > request_count", 0),
     Case(GUEST_QUEUE, "echo junk > reset", 0),

@@ -8,6 +8,7 @@ import pytest
 
 from tests.unit.ap_shell import Shell
 from vdev.ap import DEFAULT_HOST_TOML, ApBus, HostConfig
+from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 
 AP = "/sys/bus/ap"
@@ -259,16 +260,51 @@ def test_check_stopped_card_from_config() -> None:
     refused(errno.ENODEV, sh.echo, "1", "/sys/devices/ap/card06/online")
 
 
-def test_request_count_and_reset_stores(sh: Shell) -> None:
-    card = sh.bus.device("card05")
-    queue = sh.bus.device("05.0004")
-    card.request_count, queue.request_count, queue.pendingq_count = 7, 3, 2
-    assert sh.cat(f"{CARD05}/pendingq_count") == "2\n"
-    sh.echo("0", f"{Q0504}/reset")
+def test_requests_count_on_queue_and_card_until_reset(sh: Shell) -> None:
+    zcrypt = Zcrypt(sh.bus)
+    zcrypt.store_request("05.0004 10\n")
+    zcrypt.store_request("05.00ab\n")
+    zcrypt.store_request("05.0004 3 pending\n")
+    assert sh.cat(f"{Q0504}/request_count") == "13\n"
+    assert sh.cat(f"{CARD05}/request_count") == "14\n"
+    assert (sh.cat(f"{Q0504}/pendingq_count"), sh.cat(f"{CARD05}/pendingq_count")) == ("3\n",
+                                                                                       "3\n")
+    sh.echo("1", f"{Q0504}/reset")  # a reset drops what is in flight, not the totals
+    assert (sh.cat(f"{Q0504}/pendingq_count"), sh.cat(f"{Q0504}/request_count")) == ("0\n",
+                                                                                     "13\n")
+    sh.echo("anything", f"{CARD05}/request_count")  # chzcrypt-style: zeroes card and queues
+    assert sh.cat(f"{CARD05}/request_count") == sh.cat(f"{Q0504}/request_count") == "0\n"
+
+
+def test_pending_requests_are_dropped_when_the_queue_goes_away(sh: Shell) -> None:
+    zcrypt = Zcrypt(sh.bus)
+    zcrypt.store_request("05.0004 2 pending")
+    sh.echo("0", f"{CARD05}/online")  # the card's state is forced onto its queues
     assert sh.cat(f"{Q0504}/pendingq_count") == "0\n"
-    sh.echo("anything", f"{CARD05}/request_count")
+    sh.echo("1", f"{CARD05}/online")
+    zcrypt.store_request("05.0004 2 pending")
+    sh.echo("05.0004", f"{AP}/drivers/cex4queue/unbind")
+    assert sh.cat(f"{CARD05}/pendingq_count") == "0\n"
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("", errno.EINVAL), ("05.0004 0", errno.EINVAL), ("05.0004 x", errno.EINVAL),
+    ("05.0004 1 later", errno.EINVAL), ("05.0004 1000001", errno.EINVAL),
+    ("05.0099", errno.ENODEV), ("card05", errno.ENODEV),
+])
+def test_request_refusals(sh: Shell, text: str, code: int) -> None:
+    refused(code, Zcrypt(sh.bus).store_request, text)
     assert sh.cat(f"{CARD05}/request_count") == "0\n"
-    assert sh.cat(f"{Q0504}/request_count") == "0\n"
+
+
+def test_requests_need_an_online_queue_of_a_host_driver(sh: Shell) -> None:
+    zcrypt = Zcrypt(sh.bus)
+    sh.echo("0", f"{Q0504}/online")
+    assert "offline" in refused(errno.ENODEV, zcrypt.store_request, "05.0004").message
+    sh.echo("05.0004", f"{AP}/drivers/cex4queue/unbind")
+    sh.echo("05.0004", f"{AP}/drivers/vfio_ap_matrix/bind")
+    err = refused(errno.ENODEV, zcrypt.store_request, "05.0004")
+    assert "vfio_ap_matrix, not to a zcrypt host driver" in err.message
 
 
 # -- configuration -------------------------------------------------------------------------

@@ -266,7 +266,7 @@ class Card:
         self.online = online
         for queue in self.queues.values():
             if queue.has_host_attrs:
-                queue.online = online
+                queue.set_online(online)
 
     def show_load(self) -> str:
         return "0\n"
@@ -351,8 +351,17 @@ class Queue:
 
     def store_reset(self, text: str) -> None:
         """Any write flushes the queue (requests in flight are dropped) and resets it."""
+        self.flush()
+
+    def flush(self) -> None:
+        """Drop the requests in flight, as a reset, going offline or an unbind does."""
         self.requestq_count = 0
         self.pendingq_count = 0
+
+    def set_online(self, online: bool) -> None:
+        self.online = online
+        if not online:
+            self.flush()
 
     def show_interrupt(self) -> str:
         """Interrupts are enabled by the host driver's state machine, if the bus has them."""
@@ -382,7 +391,7 @@ class Queue:
         if online and card.has_host_attrs and not card.online:
             raise DeviceError(errno.EINVAL, f"online: {self.name} cannot go online while "
                               f"{card.name} is offline")
-        self.online = online
+        self.set_online(online)
 
     def show_load(self) -> str:
         return "0\n"
@@ -538,6 +547,7 @@ class ApBus:
         driver._detach(device)
         if isinstance(device, Queue):
             self._bound_queues -= 1
+            device.flush()
 
     def _lookup(self, attr: str, text: str) -> Card | Queue:
         name = sysfs_streq_name(text)
