@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=MOUNT_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mount_options(mount)
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT",
+                       help="an existing empty directory (see --nonempty)")
     mount.set_defaults(func=cmd_mount)
 
     umount = commands.add_parser(
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("--lazy", "-l", action="store_true",
                         help="detach a busy mount now (as umount -l); the daemon exits when "
                              "the last file open there is closed")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where an apfs mount is")
     umount.set_defaults(func=cmd_umount)
 
     default = commands.add_parser("default-config",

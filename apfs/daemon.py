@@ -48,7 +48,7 @@ async def _serve(mountpoint: str, ready_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        log.info("apfs: mounted on %s (daemon pid %d)", mountpoint, os.getpid())
+        log.info("apfs: mounted on %s", mountpoint)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
