@@ -55,12 +55,22 @@ unless --lazy.
 """
 
 
+class CommandError(Exception):
+    """A refusal: printed as ``apfs COMMAND: MESSAGE``, exit status 1."""
+
+
+def _canonical(path: str) -> str:
+    try:
+        return mountinfo.canonical(path)
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror}") from None
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
-    mountpoint = mountinfo.canonical(args.mountpoint)
+    mountpoint = _canonical(args.mountpoint)
     problem = preflight.mount_problem(args, mountpoint)
     if problem:
-        print(f"apfs mount: {problem}", file=sys.stderr)
-        return 1
+        raise CommandError(problem)
     argv = [*daemon_argv(args), mountpoint]
     if args.foreground:
         from apfs import daemon
@@ -73,14 +83,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
         stdout=subprocess.DEVNULL, stderr=None if args.debug else subprocess.DEVNULL,
     )
     os.close(write_end)
-    answer = _read_answer(read_end)
+    try:
+        answer = _read_answer(read_end)
+    except KeyboardInterrupt:
+        answer = "error: interrupted"
     if answer == "ready":
         return 0
     if child.poll() is None:
-        child.terminate()
-    reason = answer.removeprefix("error: ") or "the daemon exited before the mount was ready"
-    print(f"apfs mount: {reason}", file=sys.stderr)
-    return 1
+        child.terminate()  # acted on once it is set up: it unmounts and exits
+    raise CommandError(answer.removeprefix("error: ")
+                       or "the daemon exited before the mount was ready")
 
 
 def _read_answer(fd: int) -> str:
@@ -102,21 +114,18 @@ def _read_answer(fd: int) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = mountinfo.canonical(args.mountpoint)
+    mountpoint = _canonical(args.mountpoint)
     entry = mountinfo.mount_at(mountpoint)
     if entry is None:
-        print(f"apfs umount: {mountpoint}: not mounted (no mount point there in "
-              f"{mountinfo.MOUNTINFO})", file=sys.stderr)
-        return 1
+        raise CommandError(f"{mountpoint}: not mounted (no mount point there in "
+                           f"{mountinfo.MOUNTINFO})")
     if not entry.is_apfs:
-        print(f"apfs umount: {mountpoint}: not an apfs mount ({entry.describe()}); "
-              f"left untouched (use umount(8) for other filesystems)", file=sys.stderr)
-        return 1
+        raise CommandError(f"{mountpoint}: not an apfs mount ({entry.describe()}); left "
+                           f"untouched (use umount(8) for other filesystems)")
     try:
         note = unmount(entry, lazy=args.lazy)
     except UnmountError as exc:
-        print(f"apfs umount: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
     if note:
         print(f"apfs umount: {note}", file=sys.stderr)
     return 0
@@ -157,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"apfs {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,27 +62,56 @@ def mounts() -> list[MountEntry]:
         return [_parse(line) for line in f if line.strip()]
 
 
+def _top_mounts() -> dict[str, MountEntry]:
+    """The mount on top at each mount point."""
+    return {entry.mountpoint: entry for entry in mounts()}
+
+
 def mount_at(path: str) -> MountEntry | None:
     """The mount whose root is ``path`` (canonical), the top one if several are stacked."""
-    found = None
-    for entry in mounts():
-        if entry.mountpoint == path:
-            found = entry
-    return found
+    return _top_mounts().get(path)
+
+
+def apfs_mount_above(path: str) -> MountEntry | None:
+    """The apfs mount that ``path`` (canonical) lies inside, below its root, if any."""
+    for mountpoint, entry in _top_mounts().items():
+        if entry.is_apfs and path.startswith(mountpoint.rstrip("/") + "/"):
+            return entry
+    return None
 
 
 def canonical(path: str) -> str:
-    """``path`` made absolute with symlinks resolved, never looking inside a mount at it.
+    """``path`` made absolute with symlinks resolved, never looking inside an apfs mount.
 
-    ``os.path.realpath`` would ``lstat`` the last component, which for a mount point is the
-    mount's root: a request to its daemon.  Only parents (and symlinks that are not mount
-    points) are resolved here.
+    ``os.path.realpath`` would ``lstat`` every component, and for a mount point that is the
+    mount's root: a request to its daemon, which may never answer.  Here a component is
+    looked at only if it is not a mount point, and nothing below an apfs mount's root is
+    looked at (the rest of the path is taken as written).
     """
-    path = os.path.abspath(path)
-    for _ in range(MAX_SYMLINKS):
-        parent, name = os.path.split(path)
-        path = os.path.join(os.path.realpath(parent), name)
-        if not name or mount_at(path) is not None or not os.path.islink(path):
-            return path
-        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
-    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    top = _top_mounts()
+    # Not os.path.abspath: it would fold "link/.." before the link is resolved.
+    pending = os.path.join(os.getcwd(), path).split("/")
+    resolved = "/"
+    links = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        here = top.get(resolved)
+        if here is not None and here.is_apfs:
+            return os.path.normpath(os.path.join(resolved, name, *pending))
+        candidate = os.path.join(resolved, name)
+        if candidate in top or not os.path.islink(candidate):
+            resolved = candidate
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = "/"
+        pending[:0] = target.split("/")
+    return resolved

@@ -30,6 +30,10 @@ def _mountpoint_problem(path: str, nonempty: bool) -> str | None:
     entry = mountinfo.mount_at(path)
     if entry is not None:
         return _mounted_problem(entry)
+    above = mountinfo.apfs_mount_above(path)
+    if above is not None:
+        return (f"{path}: inside the apfs mount {above.mountpoint}; mount on an empty "
+                f"directory outside it")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:

@@ -192,6 +192,28 @@ def test_umount_of_a_mount_whose_daemon_is_stopped(mountpoint: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def test_no_command_looks_inside_a_mount_whose_daemon_is_stopped(mountpoint: Path) -> None:
+    assert apfs("mount", str(mountpoint)).returncode == 0
+    pid = daemon_of(mountpoint)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(IDLE)  # let the root's cached attributes expire
+        started = time.monotonic()
+        again = apfs("mount", str(mountpoint))
+        inside = apfs("mount", str(mountpoint / "sys/bus"))
+        not_a_mount = apfs("umount", str(mountpoint / "sys"))
+        assert time.monotonic() - started <= 6.0
+        assert again.stderr == (f"apfs mount: {mountpoint}: already a mount point, served by "
+                                f"apfs daemon pid {pid}; 'apfs umount {mountpoint}' first\n")
+        assert inside.stderr == (f"apfs mount: {mountpoint}/sys/bus: inside the apfs mount "
+                                 f"{mountpoint}; mount on an empty directory outside it\n")
+        assert not_a_mount.stderr.startswith(f"apfs umount: {mountpoint}/sys: not mounted")
+        assert (again.returncode, inside.returncode, not_a_mount.returncode) == (1, 1, 1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert Mount(mountpoint).read("sys/bus/ap/ap_domain") == "4\n"
+
+
 def test_umount_of_a_stopped_daemon_whose_mount_is_busy(mountpoint: Path) -> None:
     """A client waits for an answer that will never come: the mount is detached anyway."""
     assert apfs("mount", str(mountpoint)).returncode == 0

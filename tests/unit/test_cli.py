@@ -96,3 +96,20 @@ def test_mountinfo_lines_with_optional_fields_and_escaped_paths() -> None:
     ("fuse.sshfs", "apfs", False), ("fuse.apfs", "other", False)])
 def test_only_apfs_mounts_are_ours(fstype: str, source: str, ours: bool) -> None:
     assert mountinfo.MountEntry("0:1", "/m", fstype, source).is_apfs is ours
+
+
+def test_canonical_resolves_symlinks_and_dot_dot_like_the_kernel(tmp_path: Path) -> None:
+    (tmp_path / "a/b").mkdir(parents=True)
+    (tmp_path / "rel").symlink_to("a/b")
+    (tmp_path / "abs").symlink_to(tmp_path / "a")
+    (tmp_path / "a/up").symlink_to("../a/b/..")
+    real = str(tmp_path / "a/b")
+    for spelling in ("rel", "rel/", "abs/b", "a/up/b", "rel/../b", "./a//b"):
+        assert mountinfo.canonical(str(tmp_path / spelling)) == real, spelling
+    assert mountinfo.canonical(str(tmp_path / "missing/x")) == str(tmp_path / "missing/x")
+
+
+def test_canonical_refuses_a_symlink_loop(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        mountinfo.canonical(str(tmp_path / "loop"))
