@@ -80,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         _setup_logging(args.debug, args.log)
     except OSError as exc:
-        return _fail(ready_fd, f"{args.log}: cannot open the log file: {exc.strerror}")
+        return _fail(ready_fd, f"--log {args.log}: cannot open it: {exc.strerror}")
     mounted = False
     try:
         host = build_host(args.config)
@@ -98,6 +98,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         trio.run(_serve, mountpoint, ready_fd)
     finally:
+        # A second Ctrl-C must not interrupt the teardown half-way.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         # Still ours after a signal or a crash; gone when the kernel ended the session.
         # pyfuse3 unmounts by closing /dev/fuse first, then detaching: nothing can block.
         pyfuse3.close(unmount=_still_mounted(mountpoint, device))
