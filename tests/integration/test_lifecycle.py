@@ -229,7 +229,9 @@ def test_umount_of_a_stopped_daemon_whose_mount_is_busy(mountpoint: Path) -> Non
         assert (result.returncode, result.stderr) == (0, ""), result
         assert not mounted(mountpoint)
         assert wait_until(lambda: process_gone(pid), timeout=1.0)
-        assert waiting.wait(timeout=5) == 1  # the request failed instead of hanging
+        # Continued to act on SIGTERM, the daemon may still answer the waiting request before
+        # it unmounts, or the request fails: either way the client does not hang.
+        waiting.wait(timeout=5)
     finally:
         for process in (sitter, waiting):
             process.kill()
