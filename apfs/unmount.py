@@ -13,6 +13,7 @@ it anyway (stopped, dead, or requests waiting for it for seconds): then it is de
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -122,7 +123,8 @@ def _stop(daemon: Process | None, patience: float) -> None:
     for signals in ((signal.SIGTERM, signal.SIGCONT), (signal.SIGKILL,)):
         for sig in signals:
             if daemon.alive():  # checked just before each signal: never signal a reused pid
-                os.kill(daemon.pid, sig)
+                with contextlib.suppress(ProcessLookupError):  # it exited since the check
+                    os.kill(daemon.pid, sig)
         if _gone(daemon, SIGNAL_WAIT):
             return
     raise UnmountError(f"the daemon (pid {daemon.pid}) did not exit even after SIGKILL")
