@@ -18,6 +18,7 @@ from apfs.unmount import UnmountError, unmount
 from vdev.ap.host import DEFAULT_HOST_TOML
 
 READY_TIMEOUT = 30.0
+CHILD_STOP_TIMEOUT = 2.0
 
 LAYOUT = """\
 Layout of a mount:  sys/   the sysfs tree (point SYSFS_ROOT=<mount>/sys at it)
@@ -89,10 +90,21 @@ def cmd_mount(args: argparse.Namespace) -> int:
         answer = "error: interrupted"
     if answer == "ready":
         return 0
-    if child.poll() is None:
-        child.terminate()  # acted on once it is set up: it unmounts and exits
+    _stop_child(child)
     raise CommandError(answer.removeprefix("error: ")
                        or "the daemon exited before the mount was ready")
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon that did not get ready.  It acts on SIGTERM once its set-up is done (it
+    then unmounts); one stuck in its set-up is killed."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=CHILD_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 def _read_answer(fd: int) -> str:
