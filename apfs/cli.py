@@ -11,12 +11,14 @@ import select
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from apfs.fuseloop import DEFAULT_SPIN_US
+from apfs import mountinfo, preflight
+from apfs.options import add_mount_options, daemon_argv
+from apfs.unmount import UnmountError, unmount
 from vdev.ap.host import DEFAULT_HOST_TOML
 
 READY_TIMEOUT = 30.0
+CHILD_STOP_TIMEOUT = 2.0
 
 LAYOUT = """\
 Layout of a mount:  sys/   the sysfs tree (point SYSFS_ROOT=<mount>/sys at it)
@@ -41,68 +43,68 @@ The embedded default host has adapters 0x05 (CEX5C) and 0x06 (CEX5A), usage doma
 TOML: copy it, edit cards/domains/bindings, and pass it with --config.
 
 Without --foreground the daemon detaches and this command returns once the mount is ready.
-SIGINT or SIGTERM to the daemon unmounts cleanly.
+SIGINT, SIGTERM or SIGHUP to the daemon unmounts and stops it (exit status 0).
+"""
+
+UMOUNT_EPILOG = """\
+Only apfs mounts are unmounted: anything else at MOUNTPOINT (another filesystem, a bind
+mount, a plain directory) is refused and left untouched.  A mount whose daemon died
+(Transport endpoint is not connected) is cleared.  A daemon that does not exit once its
+mount is gone (stopped with SIGSTOP, stuck) gets SIGTERM, then SIGKILL: this command
+returns within 10 s.  A busy mount (a file open or a working directory in it) is refused
+unless --lazy.
 """
 
 
-def _daemon_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
-    command = [sys.executable, "-m", "apfs.daemon"]
-    if args.config:
-        command += ["--config", str(Path(args.config).resolve())]
-    if args.debug:
-        command.append("--debug")
-    if args.log:
-        command += ["--log", str(Path(args.log).resolve())]
-    if args.spin_us != DEFAULT_SPIN_US:
-        command += ["--spin-us", str(args.spin_us)]
-    return command
+class CommandError(Exception):
+    """A refusal: printed as ``apfs COMMAND: MESSAGE``, exit status 1."""
 
 
-def _check_mountpoint(mountpoint: Path) -> str | None:
-    if not mountpoint.is_dir():
-        return f"{mountpoint}: not a directory (create it first: mkdir -p {mountpoint})"
-    if os.path.ismount(mountpoint) or _is_dead_mount(mountpoint):
-        return f"{mountpoint}: already a mount point (apfs umount {mountpoint} first)"
-    return None
-
-
-def _is_dead_mount(mountpoint: Path) -> bool:
+def _canonical(path: str) -> str:
     try:
-        os.stat(mountpoint)
+        return mountinfo.canonical(path)
     except OSError as exc:
-        return exc.errno == 107  # ENOTCONN: a FUSE mount whose daemon died
-    return False
+        raise CommandError(f"{path}: {exc.strerror}") from None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    mountpoint = Path(args.mountpoint).absolute()
-    problem = _check_mountpoint(mountpoint)
+    mountpoint = _canonical(args.mountpoint)
+    problem = preflight.mount_problem(args, mountpoint)
     if problem:
-        print(f"apfs mount: {problem}", file=sys.stderr)
-        return 1
-    if args.config and not Path(args.config).is_file():
-        print(f"apfs mount: {args.config}: no such configuration file", file=sys.stderr)
-        return 1
-    command = _daemon_command(args, mountpoint)
+        raise CommandError(problem)
+    argv = [*daemon_argv(args), mountpoint]
     if args.foreground:
-        from apfs.daemon import main as daemon_main
+        from apfs import daemon
 
-        return daemon_main([*command[3:], str(mountpoint)])
+        return daemon.main(argv)
     read_end, write_end = os.pipe()
     child = subprocess.Popen(
-        [*command, "--ready-fd", str(write_end), str(mountpoint)],
+        [sys.executable, "-m", "apfs.daemon", "--ready-fd", str(write_end), *argv],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=None if args.debug else subprocess.DEVNULL,
     )
     os.close(write_end)
-    answer = _read_answer(read_end)
+    try:
+        answer = _read_answer(read_end)
+    except KeyboardInterrupt:
+        answer = "error: interrupted"
     if answer == "ready":
         return 0
-    if child.poll() is None:
-        child.terminate()
-    print(f"apfs mount: {answer or 'the daemon exited before the mount was ready'}",
-          file=sys.stderr)
-    return 1
+    _stop_child(child)
+    raise CommandError(answer.removeprefix("error: ")
+                       or "the daemon exited before the mount was ready")
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon that did not get ready.  It acts on SIGTERM once its set-up is done (it
+    then unmounts); one stuck in its set-up is killed."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=CHILD_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 def _read_answer(fd: int) -> str:
@@ -124,58 +126,26 @@ def _read_answer(fd: int) -> str:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = Path(args.mountpoint).absolute()
-    if not (os.path.ismount(mountpoint) or _is_dead_mount(mountpoint)):
-        print(f"apfs umount: {mountpoint}: not mounted", file=sys.stderr)
-        return 1
-    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        # A daemon killed with SIGKILL leaves "Transport endpoint is not connected": only a
-        # lazy unmount clears that; a busy mount is detached the same way.
-        lazy = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)],
-                              capture_output=True, text=True)
-        if lazy.returncode != 0:
-            print(f"apfs umount: {mountpoint}: {result.stderr.strip() or lazy.stderr.strip()}",
-                  file=sys.stderr)
-            return 1
-    _wait_for_daemon_exit(mountpoint)
-    return 0
-
-
-def _wait_for_daemon_exit(mountpoint: Path, timeout: float = 5.0) -> None:
-    """fusermount3 -u ends the FUSE session; give the daemon a moment to finish its exit."""
-    deadline = time.monotonic() + timeout
-    marker = str(mountpoint).encode()
-    while time.monotonic() < deadline:
-        if not any(_is_daemon_of(pid, marker) for pid in _pids()):
-            return
-        time.sleep(0.02)
-
-
-def _pids() -> list[str]:
-    return [name for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _is_daemon_of(pid: str, mountpoint: bytes) -> bool:
+    mountpoint = _canonical(args.mountpoint)
+    entry = mountinfo.mount_at(mountpoint)
+    if entry is None:
+        raise CommandError(f"{mountpoint}: not mounted (no mount point there in "
+                           f"{mountinfo.MOUNTINFO})")
+    if not entry.is_apfs:
+        raise CommandError(f"{mountpoint}: not an apfs mount ({entry.describe()}); left "
+                           f"untouched (use umount(8) for other filesystems)")
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"apfs.daemon" in argv and mountpoint in argv
+        note = unmount(entry, lazy=args.lazy)
+    except UnmountError as exc:
+        raise CommandError(str(exc)) from None
+    if note:
+        print(f"apfs umount: {note}", file=sys.stderr)
+    return 0
 
 
 def cmd_default_config(args: argparse.Namespace) -> int:
     sys.stdout.write(DEFAULT_HOST_TOML)
     return 0
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,23 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     mount = commands.add_parser("mount", help="mount a host's sysfs tree on MOUNTPOINT",
                                 epilog=MOUNT_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    mount.add_argument("--config", metavar="FILE",
-                       help="host description (TOML); default: the embedded seed host")
-    mount.add_argument("--foreground", "-f", action="store_true",
-                       help="stay in the foreground (Ctrl-C unmounts)")
-    mount.add_argument("--debug", action="store_true", help="log every request")
-    mount.add_argument("--log", metavar="FILE",
-                       help="append the daemon's log to FILE (also readable at apfs/log)")
-    mount.add_argument("--spin-us", type=_non_negative, default=DEFAULT_SPIN_US, metavar="N",
-                       help="after each request, poll for the next one for N microseconds "
-                            "before sleeping: a little CPU for ~2x faster sequential cat/echo "
-                            f"(default {DEFAULT_SPIN_US}; 0 never spins)")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    add_mount_options(mount)
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT",
+                       help="an existing empty directory (see --nonempty)")
     mount.set_defaults(func=cmd_mount)
 
     umount = commands.add_parser(
-        "umount", help="unmount and stop the daemon (also clears a mount whose daemon died)")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+        "umount", help="unmount and stop the daemon (also clears a mount whose daemon died)",
+        epilog=UMOUNT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    umount.add_argument("--lazy", "-l", action="store_true",
+                        help="detach a busy mount now (as umount -l); the daemon exits when "
+                             "the last file open there is closed")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where an apfs mount is")
     umount.set_defaults(func=cmd_umount)
 
     default = commands.add_parser("default-config",
@@ -213,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"apfs {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """The mount daemon: one host, one FUSE session, one trio nursery.
 
 Front ends (today the FUSE loop; later TCP ports for vTPM clients) run as tasks of one
-nursery, so SIGINT/SIGTERM cancel them all together and the mount is always unmounted on
-the way out.  ``apfs mount`` starts this module as a child process and waits on a pipe for
+nursery, so SIGINT/SIGTERM/SIGHUP cancel them all together and the mount is always unmounted
+on the way out.  ``apfs mount`` starts this module as a child process and waits on a pipe for
 the line ``ready`` (or ``error: ...``), so the CLI returns only once the mount works.
+
+The daemon never touches its own mount: once the request loop has stopped nobody would
+answer, and a ``stat`` of the mount point would wait forever.  Whether the mount is still
+there is read from /proc/self/mountinfo, by the device number the mount got.
 """
 
 from __future__ import annotations
@@ -13,19 +17,23 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pyfuse3
 import trio
 
-from apfs.fuseloop import DEFAULT_SPIN_US, install_single_worker_wait
+from apfs import mountinfo, pidfile
+from apfs.fuseloop import install_single_worker_wait
 from apfs.fuseops import SysfsOperations
 from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
+from apfs.options import add_mount_options
 
 log = logging.getLogger("apfs")
 
 FUSE_OPTIONS = ("fsname=apfs", "subtype=apfs", "default_permissions")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+"""Each unmounts and exits 0; they are blocked until the handler is in place, so a signal
+that arrives while the mount is being set up is acted on as soon as it is ready."""
 
 
 def mount_options() -> set[str]:
@@ -38,51 +46,86 @@ def mount_options() -> set[str]:
 
 async def _serve(mountpoint: str, ready_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await nursery.start(_stop_on_signal, nursery.cancel_scope)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("apfs: mounted on %s", mountpoint)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
         # One worker: handlers never block, and writes are served strictly in order.
         await pyfuse3.main(min_tasks=1, max_tasks=1)
-        # main() returns when the kernel ends the session (fusermount3 -u from outside).
+        # main() returns when the kernel ends the session (unmounted or aborted from outside).
         log.info("apfs: %s was unmounted", mountpoint)
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _stop_on_signal(scope: trio.CancelScope,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("apfs: %s received, unmounting", signal.Signals(signum).name)
             scope.cancel()
             return
 
 
-def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str | None,
-          ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US) -> int:
-    """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
-    _setup_logging(debug, log_file)
+def serve(args: argparse.Namespace) -> int:
+    """Mount, serve until unmounted or signalled, unmount.  Returns an exit status.
+
+    ``args`` holds the options of :data:`apfs.options.MOUNT_OPTIONS` that reach the daemon,
+    ``mountpoint`` (canonical) and ``ready_fd``.
+    """
+    mountpoint, ready_fd = args.mountpoint, args.ready_fd
+    try:
+        _setup_logging(args.debug, args.log)
+    except OSError as exc:
+        return _fail(ready_fd, f"--log {args.log}: cannot open it: {exc.strerror}")
     mounted = False
     try:
-        host = build_host(config_path)
+        host = build_host(args.config)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
         mounted = True
-        install_single_worker_wait(spin_us)
+        device = _device_of(mountpoint)
+        pid_path = pidfile.claim(device)
+        install_single_worker_wait(args.spin_us)
     except Exception as exc:
         if mounted:
             pyfuse3.close(unmount=True)
-        log.error("apfs: cannot mount %s: %s", mountpoint, exc)
-        if ready_fd is not None:
-            os.write(ready_fd, f"error: {exc}\n".encode())
-        return 1
+        return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
         trio.run(_serve, mountpoint, ready_fd)
     finally:
-        pyfuse3.close(unmount=os.path.ismount(mountpoint))
+        # A second Ctrl-C must not interrupt the teardown half-way.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # Still ours after a signal or a crash; gone when the kernel ended the session.
+        # pyfuse3 unmounts by closing /dev/fuse first, then detaching: nothing can block.
+        pyfuse3.close(unmount=_still_mounted(mountpoint, device))
+        pidfile.release(pid_path)
         log.info("apfs: stopped")
     return 0
+
+
+def _device_of(mountpoint: str) -> str:
+    entry = mountinfo.mount_at(mountpoint)
+    if entry is None or not entry.is_apfs:
+        raise RuntimeError(f"{mountpoint}: the new mount is missing from {mountinfo.MOUNTINFO}")
+    return entry.device
+
+
+def _still_mounted(mountpoint: str, device: str) -> bool:
+    entry = mountinfo.mount_at(mountpoint)
+    return entry is not None and entry.device == device
+
+
+def _fail(ready_fd: int | None, message: str) -> int:
+    """Report a failure to set up: in the log, and to ``apfs mount`` on the ready pipe."""
+    log.error("apfs: %s", message)
+    if ready_fd is not None:
+        os.write(ready_fd, f"error: {message}\n".encode())
+    return 1
 
 
 def _setup_logging(debug: bool, log_file: str | None) -> None:
@@ -96,19 +139,21 @@ def _setup_logging(debug: bool, log_file: str | None) -> None:
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
+def parser() -> argparse.ArgumentParser:
+    daemon = argparse.ArgumentParser(prog="apfs.daemon",
+                                     description="The apfs mount daemon; see apfs mount --help.")
+    add_mount_options(daemon, daemon=True)
+    daemon.add_argument("--ready-fd", type=int,
+                        help="write 'ready' or 'error: REASON' on this descriptor, then close it")
+    daemon.add_argument("mountpoint", type=mountinfo.canonical)
+    return daemon
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the daemon process (``python -m apfs.daemon``); see ``apfs mount``."""
-    parser = argparse.ArgumentParser(prog="apfs.daemon")
-    parser.add_argument("--config")
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--log")
-    parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("--spin-us", type=int, default=DEFAULT_SPIN_US)
-    parser.add_argument("mountpoint", type=Path)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return serve(str(args.mountpoint.resolve()), args.config, args.debug, args.log,
-                 args.ready_fd, args.spin_us)
+    args = parser().parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    return serve(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from apfs import mountinfo
+
 if not os.path.exists("/dev/fuse"):
     pytest.exit("integration tests need /dev/fuse (modprobe fuse)", returncode=1)
 
@@ -67,18 +69,11 @@ def mount_at(path: Path, config: Path | None = None) -> Mount:
 
 
 def unmount(mount: Mount) -> None:
-    if os.path.ismount(mount.root) or _dead(mount.root):
+    # From the mount table: a stat of a mount whose daemon is stopped would never return.
+    if mountinfo.mount_at(mountinfo.canonical(str(mount.root))) is not None:
         result = apfs("umount", str(mount.root))
         if result.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(mount.root)], check=False)
-
-
-def _dead(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except OSError:
-        return True
-    return False
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""The options of ``apfs mount``, declared once for the CLI and for the daemon it starts.
+
+``apfs mount`` parses them, checks what it can in the caller's terms, then starts
+``python -m apfs.daemon`` with :func:`daemon_argv` (or runs the daemon in-process with
+``--foreground``); the daemon parses the same declarations.  Adding an option is one entry in
+:data:`MOUNT_OPTIONS` (``to_daemon=False`` for what only the CLI acts on) and its use in
+:func:`apfs.daemon.serve`, which receives the parsed namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apfs.fuseloop import DEFAULT_SPIN_US
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--name`` of ``apfs mount``: a switch (``metavar`` None) or one value."""
+
+    flags: tuple[str, ...]
+    help: str
+    metavar: str | None = None
+    type: Callable[[str], Any] = str
+    default: Any = None
+    is_path: bool = False
+    """A path relative to the caller's directory: the daemon gets it absolute."""
+    to_daemon: bool = True
+    """False for what only ``apfs mount`` acts on (its checks, staying in the foreground)."""
+
+    @property
+    def dest(self) -> str:
+        return self.flags[0].removeprefix("--").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        if self.metavar is None:
+            parser.add_argument(*self.flags, action="store_true", help=self.help)
+        else:
+            parser.add_argument(*self.flags, metavar=self.metavar, type=self.type,
+                                default=self.default, help=self.help)
+
+    def argv(self, value: Any) -> list[str]:
+        """This option as the daemon's arguments; nothing when it has its default."""
+        if value is None or value is False or (self.metavar and value == self.default):
+            return []
+        if self.metavar is None:
+            return [self.flags[0]]
+        return [self.flags[0], str(Path(value).absolute()) if self.is_path else str(value)]
+
+
+MOUNT_OPTIONS: tuple[Option, ...] = (
+    Option(("--config",), metavar="FILE", is_path=True,
+           help="host description (TOML); default: the embedded seed host"),
+    Option(("--foreground", "-f"), to_daemon=False,
+           help="stay in the foreground; Ctrl-C (SIGINT), SIGTERM or SIGHUP unmounts"),
+    Option(("--nonempty",), to_daemon=False,
+           help="allow mounting over a non-empty directory (its files are hidden until "
+                "the unmount)"),
+    Option(("--debug",), help="log every request"),
+    Option(("--log",), metavar="FILE", is_path=True,
+           help="append the daemon's log to FILE (also readable at apfs/log)"),
+    Option(("--spin-us",), metavar="N", type=non_negative, default=DEFAULT_SPIN_US,
+           help="after each request, poll for the next one for N microseconds before "
+                "sleeping: a little CPU for ~2x faster sequential cat/echo "
+                f"(default {DEFAULT_SPIN_US}; 0 never spins)"),
+)
+
+
+def add_mount_options(parser: argparse.ArgumentParser, *, daemon: bool = False) -> None:
+    """Declare the options on ``parser``; with ``daemon`` only those the daemon acts on."""
+    for option in _selected(daemon):
+        option.add_to(parser)
+
+
+def daemon_argv(args: argparse.Namespace) -> list[str]:
+    """The daemon's options (not the mount point) for what ``apfs mount`` parsed."""
+    return [arg for option in _selected(daemon=True)
+            for arg in option.argv(getattr(args, option.dest))]
+
+
+def _selected(daemon: bool) -> Iterable[Option]:
+    return (option for option in MOUNT_OPTIONS if option.to_daemon or not daemon)
