@@ -1,25 +1,26 @@
 """A cheaper wait for pyfuse3's request loop, for a daemon that runs one worker task.
 
-pyfuse3's ``_session_loop`` calls ``_wait_fuse_readable()`` before every request.  Two costs
-hide there, and each is paid once per FUSE request:
+pyfuse3's ``_session_loop`` calls the module-level ``_wait_fuse_readable()`` before every
+request.  Two costs hide there, and each is paid once per FUSE request:
 
 - The stock version serialises worker tasks with a ``trio.Lock``; acquiring it is a trio
-  checkpoint, one more pass through the scheduler.  apfs runs exactly one worker
-  (``pyfuse3.main(min_tasks=1, max_tasks=1)``: handlers never block, and one worker keeps
-  writes ordered), so the lock protects nothing.
+  checkpoint, one more pass through the scheduler.  apfs runs exactly one worker (handlers
+  never block, and one worker keeps writes ordered), so the lock protects nothing.
 - ``trio.lowlevel.wait_readable`` parks the task and goes through epoll even when the next
   request is only microseconds away.  Clients of sysfs are sequential (``cat`` sends READ right
-  after OPEN's reply; ``ls -l`` one READLINK after another), so the next request usually
-  arrives within a few microseconds.  We poll the descriptor for up to ``spin_us``
-  microseconds before parking, like a NIC driver's busy-poll.  The cost is bounded: at most
-  ``spin_us`` of CPU after each request, then the task sleeps in epoll as before.  On a
-  single CPU the spin would only delay the client it waits for, so it is switched off.
+  after OPEN's reply; ``ls -l`` one READLINK after another), so when the client runs on another
+  CPU the next request usually arrives within a few microseconds.  We poll the descriptor for
+  up to ``spin_us`` microseconds before parking, like a NIC driver's busy-poll.  The cost is
+  bounded: at most ``spin_us`` of CPU after each request, then the task sleeps in epoll as
+  before.  On a single CPU the spin would only delay the client it waits for, so it is off.
 
-Measured on the project machines (scripts/bench-attr): a ``cat`` of an attribute goes from
-~150 µs with the stock wait to ~95 µs without the lock, and to ~45 µs with a 30 µs spin.
+The replacement counts on exactly one worker: it does not maintain pyfuse3's
+``active_readers``, which pyfuse3 reads to decide whether to start another worker.  That is why
+the installer returns the ``pyfuse3.main()`` arguments instead of leaving them to the caller.
 
-The replacement is installed only if pyfuse3 still has the hook; otherwise the stock loop runs
-unchanged (slower, equally correct).
+The hook is private, so pyproject.toml pins pyfuse3 to the versions this was verified on; if a
+pyfuse3 without it is installed anyway, the stock loop runs unchanged (slower, equally correct)
+and a WARNING says so.  Figures: README, Performance (``scripts/bench-attr``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import logging
 import os
 import select
 import time
+from types import ModuleType
 
 import pyfuse3
 import trio
@@ -37,6 +39,12 @@ log = logging.getLogger("apfs")
 DEFAULT_SPIN_US = 30
 CHECKPOINT_EVERY = 64
 """Requests served back to back before other tasks (signals, front ends) get a turn."""
+
+HOOK = "_wait_fuse_readable"
+
+ONE_WORKER = {"min_tasks": 1, "max_tasks": 1}
+"""``pyfuse3.main()`` arguments for both loops: handlers never block, and a single worker
+serves writes strictly in the order the kernel sent them."""
 
 
 def _fuse_fd() -> int | None:
@@ -51,15 +59,32 @@ def _fuse_fd() -> int | None:
     return found
 
 
-def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US) -> bool:
-    """Call after ``pyfuse3.init()``; returns whether the lean wait is in place."""
-    fd = _fuse_fd()
-    if fd is None or not hasattr(pyfuse3, "_wait_fuse_readable"):
-        log.info("apfs: pyfuse3's request loop cannot be tuned here; using it as it is")
-        return False
+def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US, fuse: ModuleType = pyfuse3,
+                               fd: int | None = None) -> dict[str, int]:
+    """Replace ``fuse._wait_fuse_readable`` with the lean wait on ``fd`` (default: the session's
+    /dev/fuse).  Call after ``pyfuse3.init()``; returns the keyword arguments for
+    ``pyfuse3.main()``, which the lean wait depends on."""
+    if fd is None:
+        fd = _fuse_fd()
+    if fd is None or not hasattr(fuse, HOOK):
+        why = "no /dev/fuse descriptor found" if fd is None else f"it has no {HOOK}()"
+        log.warning("apfs: cannot tune pyfuse3 %s's request loop (%s); using its stock loop, "
+                    "which costs more per request", getattr(fuse, "__version__", "?"), why)
+        return dict(ONE_WORKER)
     if spin_us and len(os.sched_getaffinity(0)) < 2:
-        log.info("apfs: one CPU available: not busy-polling for requests")
+        # The client that sends the next request needs this very CPU to send it.
+        log.info("apfs: busy-poll off: one CPU available, spinning would delay the client")
         spin_us = 0
+    elif spin_us:
+        log.info("apfs: busy-poll %d µs after each request", spin_us)
+    else:
+        log.info("apfs: busy-poll off (--spin-us 0)")
+    setattr(fuse, HOOK, _lean_wait(fd, spin_us))
+    return dict(ONE_WORKER)
+
+
+def _lean_wait(fd: int, spin_us: int):
+    """The coroutine function that stands in for pyfuse3's ``_wait_fuse_readable``."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     poll = poller.poll
@@ -68,6 +93,7 @@ def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US) -> bool:
     served = 0
 
     async def wait_readable() -> bool:
+        """True when ``fd`` is readable, False when the session is being closed."""
         nonlocal served
         if spin_ns:
             deadline = now() + spin_ns
@@ -85,5 +111,4 @@ def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US) -> bool:
             return False
         return True
 
-    pyfuse3._wait_fuse_readable = wait_readable
-    return True
+    return wait_readable
