@@ -36,14 +36,14 @@ def mount_options() -> set[str]:
     return options
 
 
-async def _serve(mountpoint: str, ready_fd: int | None, loop_args: dict[str, int]) -> None:
+async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         log.info("apfs: mounted on %s", mountpoint)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
-        await pyfuse3.main(**loop_args)
+        await pyfuse3.main(**install_single_worker_wait(spin_us))
         # main() returns when the kernel ends the session (fusermount3 -u from outside).
         log.info("apfs: %s was unmounted", mountpoint)
         nursery.cancel_scope.cancel()
@@ -68,7 +68,6 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())
         mounted = True
-        loop_args = install_single_worker_wait(spin_us)
     except Exception as exc:
         if mounted:
             pyfuse3.close(unmount=True)
@@ -77,7 +76,7 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
             os.write(ready_fd, f"error: {exc}\n".encode())
         return 1
     try:
-        trio.run(_serve, mountpoint, ready_fd, loop_args)
+        trio.run(_serve, mountpoint, ready_fd, spin_us)
     finally:
         pyfuse3.close(unmount=os.path.ismount(mountpoint))
         log.info("apfs: stopped")
