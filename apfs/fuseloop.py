@@ -33,6 +33,7 @@ import logging
 import os
 import select
 import time
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 import pyfuse3
@@ -76,7 +77,7 @@ def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US, fuse: ModuleType 
                     "which costs more per request", getattr(fuse, "__version__", "?"), why)
         return dict(ONE_WORKER)
     if spin_us and len(os.sched_getaffinity(0)) < 2:
-        # The client that sends the next request needs this very CPU to send it.
+        # A client on this CPU gains nothing from a spin over the single poll (measured).
         log.info("apfs: busy-poll off: one CPU available, spinning would delay the client")
         spin_us = 0
     elif spin_us:
@@ -87,7 +88,7 @@ def install_single_worker_wait(spin_us: int = DEFAULT_SPIN_US, fuse: ModuleType 
     return dict(ONE_WORKER)
 
 
-def _lean_wait(fd: int, spin_us: int):
+def _lean_wait(fd: int, spin_us: int) -> Callable[[], Awaitable[bool]]:
     """The coroutine function that stands in for pyfuse3's ``_wait_fuse_readable``."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
