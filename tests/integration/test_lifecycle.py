@@ -194,7 +194,7 @@ def test_a_good_config_file_is_served(mountpoint: Path, tmp_path: Path) -> None:
 
 
 def test_busy_poll_is_off_when_the_daemon_has_one_cpu(mountpoint: Path) -> None:
-    """Spinning for the next request on the only CPU would delay the client sending it."""
+    """On its only CPU a spin gains nothing over the single poll and holds the CPU."""
     pinned = subprocess.run(["taskset", "-c", "0", APFS, "mount", "--spin-us", "30",
                              str(mountpoint)],
                             capture_output=True, text=True, timeout=60)
