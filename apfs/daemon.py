@@ -44,7 +44,7 @@ def mount_options() -> set[str]:
     return options
 
 
-async def _serve(mountpoint: str, ready_fd: int | None) -> None:
+async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -52,8 +52,7 @@ async def _serve(mountpoint: str, ready_fd: int | None) -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
-        # One worker: handlers never block, and writes are served strictly in order.
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        await pyfuse3.main(**install_single_worker_wait(spin_us))
         # main() returns when the kernel ends the session (unmounted or aborted from outside).
         log.info("apfs: %s was unmounted", mountpoint)
         nursery.cancel_scope.cancel()
@@ -90,13 +89,12 @@ def serve(args: argparse.Namespace) -> int:
         mounted = True
         device = _device_of(mountpoint)
         pid_path = pidfile.claim(device)
-        install_single_worker_wait(args.spin_us)
     except Exception as exc:
         if mounted:
             pyfuse3.close(unmount=True)
         return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
-        trio.run(_serve, mountpoint, ready_fd)
+        trio.run(_serve, mountpoint, ready_fd, args.spin_us)
     finally:
         # A second Ctrl-C must not interrupt the teardown half-way.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

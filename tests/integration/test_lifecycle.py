@@ -453,16 +453,17 @@ def test_a_good_config_file_is_served(mountpoint: Path, tmp_path: Path) -> None:
 
 
 def test_busy_poll_is_off_when_the_daemon_has_one_cpu(mountpoint: Path) -> None:
-    """Spinning for the next request on the only CPU would delay the client sending it."""
-    pinned = subprocess.run(["taskset", "-c", "0", APFS, "mount", str(mountpoint)],
+    """On its only CPU a spin gains nothing over the single poll and holds the CPU."""
+    pinned = subprocess.run(["taskset", "-c", "0", APFS, "mount", "--spin-us", "30",
+                             str(mountpoint)],
                             capture_output=True, text=True, timeout=60)
     assert pinned.returncode == 0, pinned.stderr
-    assert "one CPU available: not busy-polling" in Mount(mountpoint).log()
+    assert "busy-poll off: one CPU available" in Mount(mountpoint).log()
     assert Mount(mountpoint).read("sys/bus/ap/ap_domain") == "4\n"
 
 
-def test_busy_poll_is_on_by_default_with_two_cpus(mountpoint: Path) -> None:
+def test_busy_poll_is_on_with_two_cpus(mountpoint: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("this machine has one CPU")
-    assert apfs("mount", str(mountpoint)).returncode == 0
-    assert "busy-polling" not in Mount(mountpoint).log()
+    assert apfs("mount", "--spin-us", "30", str(mountpoint)).returncode == 0
+    assert "busy-poll 30 µs after each request" in Mount(mountpoint).log()
