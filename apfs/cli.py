@@ -78,10 +78,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
         return daemon.main(argv)
     read_end, write_end = os.pipe()
+    # --debug without --log traces to our stderr; with --log the daemon keeps no tie to the
+    # caller, so `apfs mount --debug --log F` can run under a pipe or a test's capture.
+    trace_here = args.debug and not args.log
     child = subprocess.Popen(
         [sys.executable, "-m", "apfs.daemon", "--ready-fd", str(write_end), *argv],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=None if args.debug else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=None if trace_here else subprocess.DEVNULL,
     )
     os.close(write_end)
     try:

@@ -67,7 +67,8 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
     Option(("--nonempty",), to_daemon=False,
            help="allow mounting over a non-empty directory (its files are hidden until "
                 "the unmount)"),
-    Option(("--debug",), help="log every request"),
+    Option(("--debug",), help="log one line per FUSE request (to --log FILE, or to this "
+                              "terminal's stderr, which then stays attached)"),
     Option(("--log",), metavar="FILE", is_path=True,
            help="append the daemon's log to FILE (also readable at apfs/log)"),
     Option(("--spin-us",), metavar="N", type=non_negative, default=DEFAULT_SPIN_US,
