@@ -40,6 +40,10 @@ The embedded default host has adapters 0x05 (CEX5C) and 0x06 (CEX5A), usage doma
 0x47, 0xab and 0xff, every queue bound to cex4queue.  `apfs default-config` prints it as
 TOML: copy it, edit cards/domains/bindings, and pass it with --config.
 
+With --state DIR the state survives unmounts and crashes (DIR/state, replaced atomically);
+a damaged state file, or one saved for another host configuration, is refused with its path.
+`echo 1 > MOUNTPOINT/apfs/reset` returns to the configured initial state without remounting.
+
 Without --foreground the daemon detaches and this command returns once the mount is ready.
 SIGINT or SIGTERM to the daemon unmounts cleanly.
 """
@@ -55,6 +59,8 @@ def _daemon_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         command += ["--log", str(Path(args.log).resolve())]
     if args.spin_us != DEFAULT_SPIN_US:
         command += ["--spin-us", str(args.spin_us)]
+    if args.state:
+        command += ["--state", str(Path(args.state).resolve())]
     return command
 
 
@@ -197,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after each request, poll for the next one for N microseconds "
                             "before sleeping: a little CPU for ~2x faster sequential cat/echo "
                             f"(default {DEFAULT_SPIN_US}; 0 never spins)")
+    mount.add_argument("--state", metavar="DIR",
+                       help="keep the device state in DIR (created if missing): every "
+                            "accepted write is saved before it returns, and a later mount "
+                            "with the same DIR and host configuration starts from it; one "
+                            "mount per DIR at a time (default: none, volatile like sysfs)")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.set_defaults(func=cmd_mount)
 
