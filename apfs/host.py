@@ -10,6 +10,7 @@ back (the state taken right after the models were built from the configuration).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -117,6 +118,10 @@ class Host:
             self._store.commit(state)
         except OSError as exc:
             self.restore_state(self._committed)
+            # If the failure came after the rename, the new state is in place: put the old
+            # one back, so that an undone write never reappears at the next mount.
+            with contextlib.suppress(OSError):
+                self._store.commit(self._committed)
             message = (f"{path}: cannot save the state to {self._store.path}: "
                        f"{exc.strerror or exc}; the write is undone")
             log.error("apfs: %s", message)

@@ -142,7 +142,11 @@ class StateStore:
         return decode(self.path, raw, self._fingerprint)
 
     def commit(self, state: Any) -> None:
-        """Make ``state`` the committed one, durably; OSError (nothing changed) on failure."""
+        """Make ``state`` the committed one, durably, or raise OSError.
+
+        A failure before the rename leaves the committed state as it was; one after it (the
+        fsync of the directory) leaves the new file in place, not known to be durable.
+        """
         assert self._dir_fd is not None, "open() first"
         data = memoryview(encode(self._fingerprint, state))
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -154,9 +158,3 @@ class StateStore:
             os.close(fd)
         os.replace(self._tmp, self.path)
         os.fsync(self._dir_fd)
-
-    def close(self) -> None:
-        for fd in (self._dir_fd, self._lock_fd):
-            if fd is not None:
-                os.close(fd)
-        self._dir_fd = self._lock_fd = None
