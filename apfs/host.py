@@ -60,9 +60,9 @@ class Host:
         self.matrix = ApMatrix(self.bus)
         self.tree = Tree(ROOT, self)
         self.guests = GuestControl(self.matrix, self.tree.resolve)
-        self.initial_state = self.export_state()
+        self._initial = self.export_state()
         self._store: StateStore | None = None
-        self._committed: dict[str, Any] = self.initial_state
+        self._committed: dict[str, Any] = self._initial
 
     def export_state(self) -> dict[str, Any]:
         """Everything writes can change, as plain JSON data (running guests excluded)."""
@@ -82,7 +82,7 @@ class Host:
         """Back to the configured initial state: guests stopped, mdevs removed, bindings,
         flags and counters as at mount."""
         self.matrix.stop_all_guests()
-        self.restore_state(self.initial_state)
+        self.restore_state(self._initial)
 
     # -- --state ---------------------------------------------------------------------------
 

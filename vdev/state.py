@@ -25,8 +25,7 @@ def _show(value: Any) -> str:
 
 def table(where: str, value: Any, keys: Collection[str]) -> dict[str, Any]:
     """``value`` must be a JSON object with exactly ``keys``."""
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: {_show(value)} is not an object")
+    mapping(where, value)
     for key in keys:
         if key not in value:
             raise ValueError(f"{where}: missing key {key!r}")
@@ -34,6 +33,13 @@ def table(where: str, value: Any, keys: Collection[str]) -> dict[str, Any]:
         unknown = sorted(str(k) for k in value if k not in keys)
         expected = f" (expected: {', '.join(keys)})" if len(keys) <= _LISTED_KEYS else ""
         raise ValueError(f"{where}: unknown key {unknown[0]!r}{expected}")
+    return value
+
+
+def mapping(where: str, value: Any) -> dict[str, Any]:
+    """A JSON object with any keys (the caller checks each)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: {_show(value)} is not an object")
     return value
 
 

@@ -619,7 +619,7 @@ class ApBus:
             setattr(self, name, value)
         for device in self.devices.values():
             record = saved.get(device.name) or self._initial_record(device)
-            driver = self._checked_driver("", device, record["driver"])
+            driver = self.drivers.get(record["driver"])  # "" (unbound) is no driver's name
             if device.driver is not driver:
                 if device.driver is not None:
                     device.driver._detach(device)
@@ -650,10 +650,7 @@ class ApBus:
         }
         saved: dict[str, dict[str, Any]] = {}
         for group, kind in (("cards", Card), ("queues", Queue)):
-            records = state[group]
-            if not isinstance(records, dict):
-                raise ValueError(f"bus.{group}: {records!r:.60} is not an object")
-            for name, record in records.items():
+            for name, record in check.mapping(f"bus.{group}", state[group]).items():
                 where = f"bus.{group}.{name}"
                 device = self.devices.get(name)
                 if not isinstance(device, kind):
