@@ -99,25 +99,31 @@ def decode(path: Path, raw: bytes, fingerprint: str) -> Any:
 
 
 class StateStore:
-    """One ``--state`` directory, locked by this process while the store lives."""
+    """One ``--state`` directory, locked by this process while the store lives.
+
+    Every file is reached through a descriptor of the directory opened before the mount
+    exists, never by path: a state directory inside the mount point (hidden by the mount)
+    still works, and the daemon never sends a request to its own mount.
+    """
 
     def __init__(self, directory: Path, fingerprint: str) -> None:
         self.directory = directory
         self.path = directory / "state"
-        self._tmp = directory / "state.tmp"
         self._fingerprint = fingerprint
-        self._lock_fd: int | None = None
         self._dir_fd: int | None = None
+        self._lock_fd: int | None = None
 
     def open(self) -> None:
         """Create the directory if needed and take its lock; StateError when it is in use."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            lock_path = self.directory / "lock"
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                         dir_fd=self._dir_fd)
         except OSError as exc:
             raise StateError(f"{self.directory}: cannot use as a state directory: "
                              f"{exc.strerror}") from None
+        lock_path = self.directory / "lock"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -130,14 +136,18 @@ class StateStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
-        self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def load(self) -> Any | None:
         """The committed state, or None for a directory that has none yet."""
         try:
-            raw = self.path.read_bytes()
+            fd = os.open("state", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot read: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read()
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read: {exc.strerror}") from None
         return decode(self.path, raw, self._fingerprint)
@@ -150,12 +160,13 @@ class StateStore:
         """
         assert self._dir_fd is not None, "open() first"
         data = memoryview(encode(self._fingerprint, state))
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open("state.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+                     dir_fd=self._dir_fd)
         try:
             while data:
                 data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(self._tmp, self.path)
+        os.replace("state.tmp", "state", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         os.fsync(self._dir_fd)
