@@ -211,10 +211,12 @@ class SysfsOperations(pyfuse3.Operations):
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(found), data, exc)
             raise
-        self.tree.changed()
-        if self._on_write is not None:
-            # --state: durable before the reply; DeviceError(EIO) after undoing the write.
-            self._on_write(self.tree.path_of(found))
+        try:
+            if self._on_write is not None:
+                # --state: durable before the reply; DeviceError(EIO) after undoing the write.
+                self._on_write(self.tree.path_of(found))
+        finally:
+            self.tree.changed()
         return written
 
     def flush(self, fh: int) -> None:

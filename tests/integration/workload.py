@@ -1,5 +1,6 @@
 """A random administrator: plausible writes, accepted and refused, for the default host.
 
+:func:`model_write` applies one to an in-process model and says how it ended.
 :func:`random_write` draws one ``(relative path, bytes)`` write from a ``random.Random``,
 looking at an in-process model of the mount only to aim at mdevs that exist, so most writes
 are meaningful (bind/unbind, create/assign/unassign/remove, online/config, bus settings,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 
 from apfs.host import Host
+from tests.integration.helpers import apply_in_process
 
 MATRIX = "sys/devices/ap_matrix/matrix"
 TYPE_DIR = f"{MATRIX}/mdev_supported_types/ap_matrix-passthrough"
@@ -60,3 +62,16 @@ def random_write(rng: random.Random, model: Host) -> tuple[str, bytes]:
     else:
         path, value = "apfs/reset", "1"
     return path, f"{value}\n".encode()
+
+
+def model_write(model: Host, path: str, data: bytes) -> int | None:
+    """Apply one write to the in-process model: None if accepted, else the errno it was
+    refused with (by the device, or because the path does not resolve)."""
+    try:
+        apply_in_process(model, path, data)
+    except Exception as exc:
+        code = getattr(exc, "errno", None)
+        if code is None:
+            raise
+        return code
+    return None
