@@ -20,10 +20,10 @@ damage, and is refused with the path and the reason rather than half-loaded.
 
 Why a whole-file replace and not a journal (``scripts/bench-state``): the exported state lists
 only what differs from the configuration, so it stays a few hundred bytes and its export costs
-~0.4 ms on a 64x64 host; a commit is then dominated by the two fsync()s (an echo costs ~1.1 ms
-on this machine's ext4, 0.1-0.4 ms on tmpfs).  A journal would save one fsync() (an append +
-fdatasync() measured ~0.15 ms), but its crash-torn tail could not be told from a truncated
-file, which must be refused.
+~0.4 ms on a 64x64 host; a commit is then dominated by the two fsync()s (an echo costs
+0.6-1.2 ms on this machine's ext4, 0.1-0.5 ms on tmpfs).  A journal would save one fsync()
+(an append + fdatasync() measured ~0.15 ms), but its crash-torn tail could not be told from
+a truncated file, which must be refused.
 """
 
 from __future__ import annotations
