@@ -42,6 +42,10 @@ The embedded default host has adapters 0x05 (CEX5C) and 0x06 (CEX5A), usage doma
 0x47, 0xab and 0xff, every queue bound to cex4queue.  `apfs default-config` prints it as
 TOML: copy it, edit cards/domains/bindings, and pass it with --config.
 
+With --state DIR the state survives unmounts and crashes (DIR/state, replaced atomically);
+a damaged state file, or one saved for another host configuration, is refused with its path.
+`echo 1 > MOUNTPOINT/apfs/reset` returns to the configured initial state without remounting.
+
 Without --foreground the daemon detaches and this command returns once the mount is ready.
 SIGINT, SIGTERM or SIGHUP to the daemon unmounts and stops it (exit status 0).
 """

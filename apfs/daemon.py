@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -27,6 +28,7 @@ from apfs.fuseops import SysfsOperations
 from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
 from apfs.options import add_mount_options
+from apfs.state import StateStore, config_fingerprint
 
 log = logging.getLogger("apfs")
 
@@ -84,7 +86,13 @@ def serve(args: argparse.Namespace) -> int:
     try:
         host = build_host(args.config)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
-        ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
+        if args.state is not None:
+            # Held open (with its lock) until the process exits.
+            store = StateStore(Path(args.state), config_fingerprint(host.bus.config))
+            store.open()
+            host.use_store(store)
+        ops = SysfsOperations(host.tree, on_refusal=host.log_refusal,
+                              on_write=host.commit if args.state is not None else None)
         pyfuse3.init(ops, mountpoint, mount_options())
         mounted = True
         device = _device_of(mountpoint)

@@ -154,11 +154,13 @@ class SysfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None],
-                 kernel: KernelCache | None = None):
+                 kernel: KernelCache | None = None,
+                 on_write: Callable[[str], None] | None = None):
         super().__init__()
         self.tree = tree
         self._on_refusal = on_refusal
         self._kernel = kernel or Pyfuse3Cache()
+        self._on_write = on_write
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
@@ -297,7 +299,12 @@ class SysfsOperations(pyfuse3.Operations):
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
-        self._after_change(self.tree.changed())
+        try:
+            if self._on_write is not None:
+                # --state: durable before the reply; DeviceError(EIO) after undoing the write.
+                self._on_write(self.tree.path_of(opened.found))
+        finally:
+            self._after_change(self.tree.changed())
         return written
 
     def _after_change(self, stale: Invalidations) -> None:

@@ -75,6 +75,11 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
            help="after each request, poll for the next one for N microseconds before "
                 "sleeping: a little CPU for ~2x faster sequential cat/echo "
                 f"(default {DEFAULT_SPIN_US}; 0 never spins)"),
+    Option(("--state",), metavar="DIR", is_path=True,
+           help="keep the device state in DIR (created if missing): every accepted write is "
+                "saved before it returns, and a later mount with the same DIR and host "
+                "configuration starts from it; one mount per DIR at a time (default: none, "
+                "volatile like sysfs)"),
 )
 
 
