@@ -55,6 +55,8 @@ def _daemon_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         command += ["--log", str(Path(args.log).resolve())]
     if args.spin_us != DEFAULT_SPIN_US:
         command += ["--spin-us", str(args.spin_us)]
+    if args.exit_with is not None:
+        command += ["--exit-with", str(args.exit_with)]
     return command
 
 
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after each request, poll for the next one for N microseconds "
                             "before sleeping: a little CPU for ~2x faster sequential cat/echo "
                             f"(default {DEFAULT_SPIN_US}; 0 never spins)")
+    mount.add_argument("--exit-with", type=int, metavar="PID",
+                       help="unmount and exit when process PID exits (a test run that owns "
+                            "the mount; see apfs.testing)")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.set_defaults(func=cmd_mount)
 

@@ -36,9 +36,11 @@ def mount_options() -> set[str]:
     return options
 
 
-async def _serve(mountpoint: str, ready_fd: int | None) -> None:
+async def _serve(mountpoint: str, ready_fd: int | None, owner_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        if owner_fd is not None:
+            nursery.start_soon(_stop_when_owner_exits, owner_fd, nursery.cancel_scope)
         log.info("apfs: mounted on %s", mountpoint)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
@@ -58,12 +60,25 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+async def _stop_when_owner_exits(owner_fd: int, scope: trio.CancelScope) -> None:
+    """``--exit-with PID``: a test run that dies (os._exit, SIGKILL) cannot unmount; its
+    daemon does it.  A pidfd becomes readable when its process exits."""
+    await trio.lowlevel.wait_readable(owner_fd)
+    log.info("apfs: owner process exited, unmounting")
+    scope.cancel()
+
+
 def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str | None,
-          ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US) -> int:
-    """Mount, serve until unmounted or signalled, unmount.  Returns an exit status."""
+          ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US,
+          exit_with: int | None = None) -> int:
+    """Mount, serve until unmounted, signalled or ``exit_with`` exits, unmount.  Returns an
+    exit status."""
     _setup_logging(debug, log_file)
     mounted = False
+    owner_fd = None
     try:
+        if exit_with is not None:
+            owner_fd = _open_owner(exit_with)
         host = build_host(config_path)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
@@ -78,11 +93,20 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
             os.write(ready_fd, f"error: {exc}\n".encode())
         return 1
     try:
-        trio.run(_serve, mountpoint, ready_fd)
+        trio.run(_serve, mountpoint, ready_fd, owner_fd)
     finally:
-        pyfuse3.close(unmount=os.path.ismount(mountpoint))
+        # Not os.path.ismount(): a stat of our own mount, which nobody serves any more, would
+        # hang.  libfuse's unmount returns at once when the mount is already gone.
+        pyfuse3.close(unmount=True)
         log.info("apfs: stopped")
     return 0
+
+
+def _open_owner(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ValueError(f"--exit-with {pid}: no such process") from None
 
 
 def _setup_logging(debug: bool, log_file: str | None) -> None:
@@ -104,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log")
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--spin-us", type=int, default=DEFAULT_SPIN_US)
+    parser.add_argument("--exit-with", type=int)
     parser.add_argument("mountpoint", type=Path)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(str(args.mountpoint.resolve()), args.config, args.debug, args.log,
-                 args.ready_fd, args.spin_us)
+                 args.ready_fd, args.spin_us, args.exit_with)
 
 
 if __name__ == "__main__":
