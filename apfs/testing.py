@@ -45,7 +45,7 @@ Config = str | os.PathLike[str] | None
 READY_TIMEOUT = 30.0
 """Seconds a daemon may take to mount (a 256x256 host takes about one)."""
 
-EXIT_TIMEOUT = 5.0
+EXIT_TIMEOUT = 3.0
 """Seconds a daemon may take to exit once its mount is gone, before it is killed."""
 
 COMMAND_TIMEOUT = 60.0
