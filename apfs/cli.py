@@ -40,6 +40,10 @@ The embedded default host has adapters 0x05 (CEX5C) and 0x06 (CEX5A), usage doma
 0x47, 0xab and 0xff, every queue bound to cex4queue.  `apfs default-config` prints it as
 TOML: copy it, edit cards/domains/bindings, and pass it with --config.
 
+With --state DIR the state survives unmounts and crashes (DIR/state, replaced atomically);
+a damaged state file, or one saved for another host configuration, is refused with its path.
+`echo 1 > MOUNTPOINT/apfs/reset` returns to the configured initial state without remounting.
+
 Without --foreground the daemon detaches and this command returns once the mount is ready.
 SIGINT or SIGTERM to the daemon unmounts cleanly.
 """
@@ -57,6 +61,8 @@ def _daemon_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         command += ["--spin-us", str(args.spin_us)]
     if args.exit_with is not None:
         command += ["--exit-with", str(args.exit_with)]
+    if args.state:
+        command += ["--state", str(Path(args.state).resolve())]
     return command
 
 
@@ -202,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--exit-with", type=int, metavar="PID",
                        help="unmount and exit when process PID exits (a test run that owns "
                             "the mount; see apfs.testing)")
+    mount.add_argument("--state", metavar="DIR",
+                       help="keep the device state in DIR (created if missing): every "
+                            "accepted write is saved before it returns, and a later mount "
+                            "with the same DIR and host configuration starts from it; one "
+                            "mount per DIR at a time (default: none, volatile like sysfs)")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.set_defaults(func=cmd_mount)
 

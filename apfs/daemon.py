@@ -22,6 +22,7 @@ from apfs.fuseloop import DEFAULT_SPIN_US, install_single_worker_wait
 from apfs.fuseops import SysfsOperations
 from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
+from apfs.state import StateStore, config_fingerprint
 
 log = logging.getLogger("apfs")
 
@@ -70,7 +71,7 @@ async def _stop_when_owner_exits(owner_fd: int, scope: trio.CancelScope) -> None
 
 def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str | None,
           ready_fd: int | None = None, spin_us: int = DEFAULT_SPIN_US,
-          exit_with: int | None = None) -> int:
+          state_dir: str | None = None, exit_with: int | None = None) -> int:
     """Mount, serve until unmounted, signalled or ``exit_with`` exits, unmount.  Returns an
     exit status."""
     _setup_logging(debug, log_file)
@@ -81,7 +82,13 @@ def serve(mountpoint: str, config_path: str | None, debug: bool, log_file: str |
             owner_fd = _open_owner(exit_with)
         host = build_host(config_path)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
-        ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
+        if state_dir is not None:
+            # Held open (with its lock) until the process exits.
+            store = StateStore(Path(state_dir), config_fingerprint(host.bus.config))
+            store.open()
+            host.use_store(store)
+        ops = SysfsOperations(host.tree, on_refusal=host.log_refusal,
+                              on_write=host.commit if state_dir is not None else None)
         pyfuse3.init(ops, mountpoint, mount_options())
         mounted = True
         install_single_worker_wait(spin_us)
@@ -129,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--spin-us", type=int, default=DEFAULT_SPIN_US)
     parser.add_argument("--exit-with", type=int)
+    parser.add_argument("--state")
     parser.add_argument("mountpoint", type=Path)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(str(args.mountpoint.resolve()), args.config, args.debug, args.log,
-                 args.ready_fd, args.spin_us, args.exit_with)
+                 args.ready_fd, args.spin_us, args.state, args.exit_with)
 
 
 if __name__ == "__main__":

@@ -81,10 +81,12 @@ class SysfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None]):
+    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None],
+                 on_write: Callable[[str], None] | None = None):
         super().__init__()
         self.tree = tree
         self._on_refusal = on_refusal
+        self._on_write = on_write
         self._files: dict[int, tuple[Lookup, Handle]] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
@@ -210,6 +212,9 @@ class SysfsOperations(pyfuse3.Operations):
             self._on_refusal(self.tree.path_of(found), data, exc)
             raise
         self.tree.changed()
+        if self._on_write is not None:
+            # --state: durable before the reply; DeviceError(EIO) after undoing the write.
+            self._on_write(self.tree.path_of(found))
         return written
 
     def flush(self, fh: int) -> None:

@@ -1,24 +1,33 @@
 """One mount's world: the device models, the tree that shows them, and the log.
 
 The mount root holds ``sys/`` (the sysfs tree, so ``SYSFS_ROOT=<mount>/sys`` works for
-s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``guests/``).
+s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``reset``, ``guests/``).
+
+The models' state (what writes change) is exported and restored as one plain-data document,
+``{"bus": ..., "matrix": ...}``: that is what ``--state`` stores and what ``apfs/reset`` puts
+back (the state taken right after the models were built from the configuration).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from apfs.ap import bus_tree, matrix_tree
 from apfs.ap.guests import GUESTS, GuestControl
-from apfs.kernfs import Snapshot, Subdir, directory
+from apfs.kernfs import Snapshot, Subdir, directory, wo
 from apfs.kmsg import KernelLog
+from apfs.state import StateError, StateStore
 from apfs.tree import Tree
+from vdev import state as check
 from vdev.ap.bus import ApBus
 from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
 from vdev.ap.matrix import ApMatrix
 from vdev.errors import DeviceError
+from vdev.kparse import kstrtobool
 
 log = logging.getLogger("apfs")
 
@@ -50,6 +59,74 @@ class Host:
         self.matrix = ApMatrix(self.bus)
         self.tree = Tree(ROOT, self)
         self.guests = GuestControl(self.matrix, self.tree.resolve)
+        self.initial_state = self.export_state()
+        self._store: StateStore | None = None
+        self._committed: dict[str, Any] = self.initial_state
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything writes can change, as plain JSON data (running guests excluded)."""
+        return {"bus": self.bus.export_state(), "matrix": self.matrix.export_state()}
+
+    def restore_state(self, state: Any) -> None:
+        """Put every model into ``state``; a bad state raises ValueError and changes nothing.
+
+        The matrix part is checked before the bus changes, so neither is half-restored.
+        """
+        state = check.table("state", state, ("bus", "matrix"))
+        self.matrix.check_state(state["matrix"])
+        self.bus.restore_state(state["bus"])
+        self.matrix.restore_state(state["matrix"])
+
+    def reset(self) -> None:
+        """Back to the configured initial state: guests stopped, mdevs removed, bindings,
+        flags and counters as at mount."""
+        self.matrix.stop_all_guests()
+        self.restore_state(self.initial_state)
+
+    # -- --state ---------------------------------------------------------------------------
+
+    def use_store(self, store: StateStore) -> None:
+        """Take the state saved in ``store`` (an opened one), or save the initial state there
+        if it has none; from then on :meth:`commit` saves every change.  StateError names the
+        file and what is wrong with it; nothing is half-loaded."""
+        saved = store.load()
+        if saved is None:
+            try:
+                store.commit(self._committed)
+            except OSError as exc:
+                raise StateError(f"{store.path}: cannot save: {exc.strerror}") from None
+        else:
+            try:
+                self.restore_state(saved)
+            except ValueError as exc:
+                raise StateError(f"{store.path}: invalid state: {exc}") from None
+            self._committed = saved
+        self._store = store
+
+    def commit(self, path: str) -> None:
+        """After an accepted write to ``path``: make its effect durable before the reply.
+
+        If the state cannot be saved (disk full, EIO), the models go back to the last
+        committed state and the write fails with EIO; the mount stays up.
+        """
+        assert self._store is not None
+        state = self.export_state()
+        if state == self._committed:
+            return  # e.g. a guest started, a probe of a bound device: nothing durable moved
+        try:
+            self._store.commit(state)
+        except OSError as exc:
+            self.restore_state(self._committed)
+            message = (f"{path}: cannot save the state to {self._store.path}: "
+                       f"{exc.strerror or exc}; the write is undone")
+            log.error("apfs: %s", message)
+            raise DeviceError(errno.EIO, message) from None
+        self._committed = state
+
+    def store_reset(self, text: str) -> None:
+        """``echo 1 > apfs/reset`` (kstrtobool: 1/y/on resets, 0/n/off does nothing)."""
+        if kstrtobool(text, name="reset"):
+            self.reset()
 
     def log_refusal(self, path: str, data: bytes, exc: DeviceError) -> None:
         value = data[:LOG_EXCERPT].decode("latin-1")
@@ -80,6 +157,7 @@ SYSFS = directory(
 CONTROL = directory(
     "apfs",
     Snapshot("log", lambda host: host.kmsg.content()),
+    wo("reset", Host.store_reset),
     Subdir("guests", GUESTS, lambda host: host.guests),
 )
 

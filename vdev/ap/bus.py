@@ -20,6 +20,11 @@ a card or queue bound to a host driver (cex4card, cex4queue, ...) has ``type``/`
 ``load``; a queue bound to the passthrough driver has ``status`` instead
 (:meth:`Attr.present`).
 
+Durable state: :meth:`ApBus.export_state` gives everything a write can change (settings,
+each device's driver, flags and counters) as plain JSON data, and :meth:`ApBus.restore_state`
+puts it back onto the same device and driver objects, so a file system that caches them keeps
+working across a restore.
+
 Scale: 256 adapters x 256 domains are 65,536 queues; devices use ``__slots__``, lookups are
 dict hits, and no store scans more than one card's queues.
 """
@@ -30,8 +35,9 @@ import enum
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from vdev import state as check
 from vdev.ap import bitmap
 from vdev.ap.cardtypes import CARD_TYPES, CardType
 from vdev.ap.host import KNOWN_FEATURES, HostConfig
@@ -392,6 +398,15 @@ class Queue:
         return self.card.bus.status_of(self)
 
 
+FIELDS: dict[type, tuple[str, ...]] = {
+    Card: ("config", "online", "request_count"),
+    Queue: ("online", "request_count", "requestq_count", "pendingq_count"),
+}
+"""A device's durable state besides its driver: the attributes writes change."""
+BUS_STATE = ("ap_domain", "config_time", "poll_thread", "poll_timeout", "scans",
+             "drivers_autoprobe", "cards", "queues")
+
+
 def _unassigned(queue: Queue) -> str:
     return "unassigned\n"
 
@@ -473,7 +488,7 @@ class ApBus:
             self.cards_by_name[card.name] = card
             self.devices[card.name] = card
             unknown.discard(card.name)
-            self._initial_bind(card, bindings.get(card.name, card_type.card_driver))
+            self._initial_bind(card, self._initial_driver_name(card))
             for domain in config.domains:
                 queue = Queue(card, domain)
                 card.queues[domain] = queue
@@ -481,7 +496,7 @@ class ApBus:
                 self.devices[queue.name] = queue
                 self._n_queues += 1
                 unknown.discard(queue.name)
-                self._initial_bind(queue, bindings.get(queue.name, card_type.queue_driver))
+                self._initial_bind(queue, self._initial_driver_name(queue))
         if unknown:
             raise ValueError(f"bindings: no such device {sorted(unknown)[0]!r} on this host")
 
@@ -553,6 +568,131 @@ class ApBus:
             self._bound_queues += 1
         if not driver.passthrough:
             device.online = True
+
+    # -- durable state ---------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything a write can change, as plain JSON data (the input of restore_state).
+
+        ``cards``/``queues`` list only the devices that differ from their configured initial
+        state (bound as configured, online, counters 0, ``config`` as configured), each with
+        its whole record: driver (``""`` = unbound), flags and counters.  That keeps the
+        state of a large host small and its export proportional to a scan, not to a document
+        of every device.  What the configuration fixes (devices, types, chkstop) is not state.
+        """
+        cards = {card.name: record for card in self.cards.values()
+                 if (record := _record(card)) != self._initial_record(card)}
+        queues = {}
+        bindings = self.config.bindings
+        for card in self.cards.values():
+            default = self.drivers[card.type.queue_driver]
+            for queue in card.queues.values():
+                # A conservative filter first (it is most of a large host's export time):
+                # unbound by [bindings], on its type's driver, online, no counts = initial.
+                if queue.driver is default and queue.online and not (
+                        queue.request_count or queue.requestq_count or queue.pendingq_count
+                        or queue.name in bindings):
+                    continue
+                if (record := _record(queue)) != self._initial_record(queue):
+                    queues[queue.name] = record
+        return {
+            "ap_domain": self.ap_domain,
+            "config_time": self.config_time,
+            "poll_thread": self.poll_thread,
+            "poll_timeout": self.poll_timeout,
+            "scans": self.scans,
+            "drivers_autoprobe": self.drivers_autoprobe,
+            "cards": cards,
+            "queues": queues,
+        }
+
+    def restore_state(self, state: Any) -> None:
+        """Put the bus into ``state`` (from :meth:`export_state` of a bus of the same config).
+
+        The whole state is checked first (:meth:`check_state`): a missing, unknown or invalid
+        key raises ValueError naming it, and nothing changes.  Devices and drivers stay the
+        same objects; only bindings, flags and counters change (no probe: ``online`` is
+        restored as saved).  Devices the state does not list return to their initial state.
+        """
+        settings, saved = self.check_state(state)
+        for name, value in settings.items():
+            setattr(self, name, value)
+        for device in self.devices.values():
+            record = saved.get(device.name) or self._initial_record(device)
+            driver = self._checked_driver("", device, record["driver"])
+            if device.driver is not driver:
+                if device.driver is not None:
+                    device.driver._detach(device)
+                if driver is not None:
+                    driver._attach(device)
+            for name in FIELDS[type(device)]:
+                setattr(device, name, record[name])
+        self._bound_queues = sum(
+            1 for card in self.cards.values() for q in card.queues.values() if q.driver)
+
+    def check_state(self, state: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Validate ``state`` for :meth:`restore_state`: (settings, {device name: record})."""
+        state = check.table("bus", state, BUS_STATE)
+        ap_domain = check.integer("bus.ap_domain", state["ap_domain"], -1,
+                                  self.config.max_domain_id)
+        if ap_domain not in self.config.domains and ap_domain != self.config.ap_domain:
+            raise ValueError(f"bus.ap_domain: {ap_domain} is not a usage domain")
+        settings = {
+            "ap_domain": ap_domain,
+            "config_time": check.integer("bus.config_time", state["config_time"],
+                                         CONFIG_TIME_MIN, CONFIG_TIME_MAX),
+            "poll_thread": check.boolean("bus.poll_thread", state["poll_thread"]),
+            "poll_timeout": check.integer("bus.poll_timeout", state["poll_timeout"], 0,
+                                          MAX_POLL_TIMEOUT_NS),
+            "scans": check.integer("bus.scans", state["scans"], 1),
+            "drivers_autoprobe": check.boolean("bus.drivers_autoprobe",
+                                               state["drivers_autoprobe"]),
+        }
+        saved: dict[str, dict[str, Any]] = {}
+        for group, kind in (("cards", Card), ("queues", Queue)):
+            records = state[group]
+            if not isinstance(records, dict):
+                raise ValueError(f"bus.{group}: {records!r:.60} is not an object")
+            for name, record in records.items():
+                where = f"bus.{group}.{name}"
+                device = self.devices.get(name)
+                if not isinstance(device, kind):
+                    raise ValueError(f"{where}: no such {group[:-1]} on this host")
+                check.table(where, record, ("driver", *FIELDS[kind]))
+                self._checked_driver(f"{where}.driver", device, record["driver"])
+                for key in FIELDS[kind]:
+                    if key in ("config", "online"):
+                        check.boolean(f"{where}.{key}", record[key])
+                    else:
+                        check.integer(f"{where}.{key}", record[key], 0)
+                saved[name] = record
+        return settings, saved
+
+    def _checked_driver(self, where: str, device: Card | Queue, name: Any) -> Driver | None:
+        if name == "":
+            return None
+        driver = self.drivers.get(name) if isinstance(name, str) else None
+        if driver is None:
+            raise ValueError(f"{where}: {name!r} is not a driver of this bus "
+                             f"(known: {', '.join(self.drivers)})")
+        if not driver.matches(device):
+            raise ValueError(f"{where}: {name} does not handle {_describe(device)}")
+        return driver
+
+    def _initial_driver_name(self, device: Card | Queue) -> str:
+        """The configured boot binding: ``[bindings]``, else the type's host driver."""
+        default = (device.type.card_driver if isinstance(device, Card)
+                   else device.type.queue_driver)
+        return self.config.bindings.get(device.name, default)
+
+    def _initial_record(self, device: Card | Queue) -> dict[str, Any]:
+        """What :meth:`export_state` leaves out: the device as the configuration boots it."""
+        if isinstance(device, Card):
+            return {"driver": self._initial_driver_name(device),
+                    "config": device.id not in self.config.deconfigured,
+                    "online": True, "request_count": 0}
+        return {"driver": self._initial_driver_name(device), "online": True,
+                "request_count": 0, "requestq_count": 0, "pendingq_count": 0}
 
     # -- bus attributes --------------------------------------------------------------------
 
@@ -658,6 +798,14 @@ class ApBus:
         if action not in UEVENT_ACTIONS:
             raise DeviceError(errno.EINVAL, f"uevent: {action!r} is not a uevent action "
                               f"({', '.join(UEVENT_ACTIONS)})")
+
+
+def _record(device: Card | Queue) -> dict[str, Any]:
+    """A device's state record: its driver's name (``""`` = unbound) and :data:`FIELDS`."""
+    record: dict[str, Any] = {"driver": "" if device.driver is None else device.driver.name}
+    for name in FIELDS[type(device)]:
+        record[name] = getattr(device, name)
+    return record
 
 
 def _describe(device: Card | Queue) -> str:

@@ -27,6 +27,10 @@ exist on the host and are bound to ``vfio_ap_matrix`` at that moment; its CRYCB 
 control_domains | domains (the seed's architectural convention).  While a guest runs, its
 mdev cannot be removed (EBUSY) and no other guest may start with one of its APQNs (EBUSY);
 unbinding one of its queues on the host does not change the running guest's snapshot.
+
+Durable state: :meth:`ApMatrix.export_state` lists the mdevs in creation order with their
+assignments; :meth:`ApMatrix.restore_state` puts them back.  Running guests are not part of
+it: they stand for QEMU processes, which no file system state brings back.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import errno
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from vdev import state as check
 from vdev.ap import bitmap
 from vdev.ap.bus import ApBus, Attr, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
@@ -51,6 +57,7 @@ _UUID_DASHES = (8, 13, 18, 23)
 _HEX = frozenset(string.hexdigits)
 
 Apqn = tuple[int, int]
+MDEV_STATE = ("uuid", "adapters", "domains", "control_domains")
 
 
 def _parse_uuid(text: str) -> str:
@@ -67,6 +74,14 @@ def _parse_uuid(text: str) -> str:
             raise DeviceError(errno.EINVAL, f"create: {uuid!r} is not a UUID "
                               f"(expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx in hex)")
     return uuid.lower()
+
+
+def _canonical(uuid: str) -> str | None:
+    """The form ``create`` stores ``uuid`` in, or None if ``create`` would refuse it."""
+    try:
+        return _parse_uuid(uuid)
+    except DeviceError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,77 @@ class ApMatrix:
             raise DeviceError(errno.ENOENT, f"stop_guest: no guest runs with mdev {uuid}")
         for apqn in view.apqns:
             del self._in_use[apqn]
+
+    def stop_all_guests(self) -> None:
+        for uuid in list(self.guests):
+            self.stop_guest(uuid)
+
+    # -- durable state ---------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """The mediated devices, in creation order, with their assigned ids (plain JSON data).
+
+        Running guests are runtime, not state: they stand for QEMU processes.
+        """
+        return {"mdevs": [{"uuid": mdev.uuid, "adapters": list(bitmap.ids(mdev.apm)),
+                           "domains": list(bitmap.ids(mdev.aqm)),
+                           "control_domains": list(bitmap.ids(mdev.adm))}
+                          for mdev in self.mdevs.values()]}
+
+    def restore_state(self, state: Any) -> None:
+        """Make the mdevs exactly those of ``state`` (from :meth:`export_state`), in its order.
+
+        Checked first (ValueError naming the key and value; nothing changes): UUIDs, ids
+        within the bus maximum, at most ``max_instances`` mdevs, no APQN in two of them.
+        An mdev whose UUID exists now keeps its object (open files stay valid) and gets the
+        saved masks; the others are removed, and a guest running on a removed one stops.
+        """
+        saved = self.check_state(state)
+        for uuid in [u for u in self.guests if u not in saved]:
+            self.stop_guest(uuid)
+        old = self.mdevs
+        self.mdevs = {}
+        self._owner = {}
+        for uuid, (apm, aqm, adm) in saved.items():
+            mdev = old.pop(uuid, None) or MatrixMdev(self, uuid)
+            mdev.apm, mdev.aqm, mdev.adm = apm, aqm, adm
+            self.mdevs[uuid] = mdev
+            self._owner.update(dict.fromkeys(mdev.apqns(), mdev))
+        for mdev in old.values():
+            mdev.alive = False
+
+    def check_state(self, state: Any) -> dict[str, tuple[int, int, int]]:
+        mdevs = check.sequence("matrix.mdevs", check.table("matrix", state, ("mdevs",))["mdevs"])
+        if len(mdevs) > self.max_instances:
+            raise ValueError(f"matrix.mdevs: {len(mdevs)} mdevs, more than the "
+                             f"{self.max_instances} instances of the type")
+        config = self.bus.config
+        saved: dict[str, tuple[int, int, int]] = {}
+        owner: dict[Apqn, str] = {}
+        for index, item in enumerate(mdevs):
+            where = f"matrix.mdevs[{index}]"
+            item = check.table(where, item, MDEV_STATE)
+            uuid = item["uuid"]
+            if not isinstance(uuid, str) or len(uuid) != UUID_LEN or _canonical(uuid) != uuid:
+                raise ValueError(f"{where}.uuid: {uuid!r} is not a lower-case UUID")
+            if uuid in saved:
+                raise ValueError(f"{where}.uuid: mdev {uuid} is listed twice")
+            masks = []
+            for key, maximum in (("adapters", config.max_adapter_id),
+                                 ("domains", config.max_domain_id),
+                                 ("control_domains", config.max_domain_id)):
+                ids = check.sequence(f"{where}.{key}", item[key])
+                masks.append(bitmap.from_ids(
+                    check.integer(f"{where}.{key}[{i}]", v, 0, maximum) for i, v in enumerate(ids)))
+            apm, aqm, adm = masks
+            for adapter in bitmap.ids(apm):
+                for domain in bitmap.ids(aqm):
+                    other = owner.setdefault((adapter, domain), uuid)
+                    if other != uuid:
+                        raise ValueError(f"{where}: queue {apqn_name(adapter, domain)} is "
+                                         f"assigned to both {other} and {uuid}")
+            saved[uuid] = (apm, aqm, adm)
+        return saved
 
     # -- internals shared with MatrixMdev --------------------------------------------------
 
