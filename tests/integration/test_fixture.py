@@ -174,6 +174,21 @@ def test_the_downstream_package_passes_with_xdist(run_dir: Path) -> None:
     assert wait_until(lambda: not left_behind(run_dir), GONE_TIMEOUT), left_behind(run_dir)
 
 
+def readme_example() -> str:
+    """The Python block of the README's "Test fixture" section."""
+    section = (REPO / "README.md").read_text().split("\n## Test fixture\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_passes(tmp_path: Path, run_dir: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_readme.py").write_text(readme_example())
+    done = run_pytest(run_dir, cwd=suite)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED test_readme.py::" in done.stdout, done.stdout
+
+
 def test_mounted_names_the_reason_when_the_host_cannot_mount(tmp_path: Path) -> None:
     with pytest.raises(MountError) as failed, mounted("colour = 'blue'\n", where=tmp_path):
         pytest.fail("mounted() yielded a mount for a bad configuration")
