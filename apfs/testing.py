@@ -37,7 +37,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Mount", "MountError", "Refusal", "Shell", "is_mounted", "mounted", "unmount"]
+__all__ = ["Config", "Mount", "MountError", "Refusal", "Shell", "is_mounted", "mounted", "unmount"]
 
 Config = str | os.PathLike[str] | None
 """A host: TOML text (``str``), a TOML file (a path object), or None for the default host."""
@@ -170,7 +170,7 @@ def mounted(config: Config = None, state: str | os.PathLike[str] | None = None, 
     with ExitStack() as stack:
         if where is None:
             base = Path(tempfile.mkdtemp(prefix="apfs-"))
-            stack.callback(shutil.rmtree, base)
+            stack.callback(_remove_unless_mounted, base)
         else:
             base = Path(where).resolve()
         root = _new_mountpoint(base)
@@ -266,6 +266,12 @@ def _stop(root: Path, daemon: subprocess.Popen[bytes]) -> None:
             daemon.wait()
     # A daemon killed before its unmount leaves a dead mount behind.
     unmount(root)
+
+
+def _remove_unless_mounted(base: Path) -> None:
+    # After a failed unmount, rmtree would walk into the mount (and hang on a stopped one).
+    if not any(is_mounted(path) for path in base.iterdir()):
+        shutil.rmtree(base)
 
 
 def _fusermount(*args: str | Path) -> int:

@@ -244,3 +244,15 @@ def test_unmount_refuses_a_mount_that_is_not_apfs(tmp_path: Path) -> None:
         assert is_mounted(tmp_path)
     finally:
         subprocess.run(["umount", str(tmp_path)], check=True)
+
+
+def test_mounted_with_state_starts_from_it_and_reset_goes_back(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    bindings = "sys/bus/ap/bindings"
+    with mounted(state=state, where=tmp_path) as first:
+        first.write("sys/bus/ap/drivers/cex4queue/unbind", "05.0004\n")
+    with mounted(state=state, where=tmp_path) as second:
+        assert second.read(bindings) == "7/8\n"
+        second.reset()
+        assert second.read(bindings) == "8/8 (complete)\n"
+    assert not left_behind(tmp_path)
