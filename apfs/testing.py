@@ -12,7 +12,7 @@ Public API (stable; the pytest plugin :mod:`apfs.pytest_plugin` is built on it):
 - :func:`mounted` mounts a host in a fresh directory and always unmounts it, also when the
   body raises or is interrupted, when the daemon died (its dead mount is detached without
   ever being stat-ed), and when this process dies: the daemon watches its owner
-  (``apfs mount --exit-with PID``) and unmounts itself.
+  (``--exit-with PID``) and unmounts itself.
 - :class:`Mount` is the handle: paths, ``read``/``write`` (one ``write()`` syscall, like
   ``echo``, raising :class:`OSError` with the kernel's errno), ``bash``, the log and the
   parsed refusals, ``reset()``.
@@ -174,8 +174,9 @@ def mounted(config: Config = None, state: str | os.PathLike[str] | None = None, 
         else:
             base = Path(where).resolve()
         root = _new_mountpoint(base)
-        command = [sys.executable, "-m", "apfs.cli", "mount", "--foreground",
-                   "--exit-with", str(os.getpid())]
+        # The daemon itself (what `apfs mount` starts), as our child: its pid and exit status
+        # are ours to wait for, and it unmounts by itself if this process dies.
+        command = [sys.executable, "-m", "apfs.daemon", "--exit-with", str(os.getpid())]
         if config is not None:
             command += ["--config", str(_config_file(config, root.with_suffix(".toml")))]
         if state is not None:
@@ -200,20 +201,23 @@ def is_mounted(path: str | os.PathLike[str]) -> bool:
     return _fstype(Path(path)) is not None
 
 
-def unmount(path: str | os.PathLike[str]) -> None:
+def unmount(path: str | os.PathLike[str]) -> bool:
     """Unmount the apfs mount on ``path``; lazily when it is busy or its daemon died (a dead
-    mount answers ``ENOTCONN`` until detached).  Nothing mounted: nothing to do.  Refuses
-    (:class:`MountError`) to touch a mount that is not apfs."""
+    mount answers ``ENOTCONN`` until detached).  Nothing mounted: nothing to do.  Returns
+    whether it had to detach lazily.  Refuses (:class:`MountError`) to touch a mount that is
+    not apfs."""
     where = Path(path).absolute()
     fstype = _fstype(where)
     if fstype is None:
-        return
+        return False
     if fstype != APFS_FSTYPE:
         raise MountError(f"{where}: mounted as {fstype}, not {APFS_FSTYPE}: not unmounting it")
-    if _fusermount("-u", where) != 0:
+    lazy = _fusermount("-u", where) != 0
+    if lazy:
         _fusermount("-u", "-z", where)
     if is_mounted(where):
         raise MountError(f"{where}: still mounted after fusermount3 -u -z")
+    return lazy
 
 
 def _new_mountpoint(base: Path) -> Path:
@@ -254,10 +258,12 @@ def _tail(output: Path, lines: int = 5) -> str:
 
 
 def _stop(root: Path, daemon: subprocess.Popen[bytes]) -> None:
-    # Unmounting ends the daemon's FUSE session, so it exits by itself.  It does not when the
-    # mount was busy (detached lazily, still referenced) or the daemon is stopped: kill it.
+    # Unmounting ends the daemon's FUSE session, so it exits by itself.  A busy mount is only
+    # detached (still referenced, still served): stop its daemon.  A stopped daemon never
+    # exits by itself: kill it.
     try:
-        unmount(root)
+        if unmount(root) and daemon.poll() is None:
+            daemon.terminate()
     finally:
         try:
             daemon.wait(EXIT_TIMEOUT)

@@ -1,8 +1,8 @@
 """apfs.testing and its pytest plugin: nothing is ever left behind, and xdist works.
 
 The plugin is exercised the way a downstream project meets it: ``pytest`` runs in a
-subprocess on a generated test file whose tests fail, raise, kill or stop their daemon, and
-finally end the run itself (``os._exit``, SIGKILL, Ctrl-C).  Afterwards
+subprocess on a generated test file whose tests fail, raise, kill or stop their daemon, keep
+a file open, and finally end the run itself (``os._exit``, SIGKILL, Ctrl-C).  Afterwards
 ``/proc/self/mountinfo`` and the process table must show nothing of that run.
 """
 
@@ -42,6 +42,7 @@ import pytest
 from apfs.testing import mounted
 
 RECORD = Path(__file__).with_name("mounted.txt")
+HELD = []
 
 
 def record(*mounts):
@@ -75,6 +76,11 @@ def test_kills_its_daemon(apfs_mount):
 def test_stops_its_daemon(apfs_mount):
     record(apfs_mount)
     apfs_mount.daemon.send_signal(signal.SIGSTOP)
+
+
+def test_leaves_a_file_open(apfs_mount):
+    record(apfs_mount)
+    HELD.append(open(apfs_mount.sys / "bus/ap/bindings"))  # a busy mount at teardown
 
 
 def test_kills_the_session_daemon(apfs_session_mount):
