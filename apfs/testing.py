@@ -221,14 +221,15 @@ def unmount(path: str | os.PathLike[str]) -> bool:
 
 
 def _new_mountpoint(base: Path) -> Path:
-    for index in range(1000):
+    """``base/mnt``, or ``mnt1``, ``mnt2``... when taken (several mounts in one directory)."""
+    index = 0
+    while True:
         root = base / (f"mnt{index}" if index else "mnt")
         try:
             root.mkdir()
+            return root
         except FileExistsError:
-            continue
-        return root
-    raise MountError(f"{base}: mnt .. mnt999 all exist: no directory left for a mount point")
+            index += 1
 
 
 def _config_file(config: str | os.PathLike[str], text_file: Path) -> Path:

@@ -195,6 +195,36 @@ def test_the_readme_example_passes(tmp_path: Path, run_dir: Path) -> None:
     assert "PASSED test_readme.py::" in done.stdout, done.stdout
 
 
+def test_the_option_sets_the_host_and_a_bad_marker_is_refused(tmp_path: Path,
+                                                               run_dir: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "host.toml").write_text('[host]\ndomains = ["0a"]\n'
+                                     '[[card]]\nid = "03"\ntype = "CEX8P"\n')
+    (suite / "test_option.py").write_text(
+        "import pytest\n\n"
+        "def test_the_option(apfs_mount, apfs_session_mount):\n"
+        "    for mount in (apfs_mount, apfs_session_mount):\n"
+        "        assert mount.read('sys/devices/ap/card03/type') == 'CEX8P\\n'\n\n"
+        "@pytest.mark.apfs_config()\n"
+        "def test_a_bad_marker(apfs_mount):\n"
+        "    pass\n")
+    done = run_pytest(run_dir, "--apfs-config", "host.toml", cwd=suite)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
+    assert "PASSED test_option.py::test_the_option" in done.stdout, done.stdout
+    assert ("test_option.py::test_a_bad_marker: @pytest.mark.apfs_config takes one argument, "
+            "TOML text (str) or a file (pathlib.Path); got args=() kwargs={}") in done.stdout
+
+
+def test_a_mount_point_with_a_space_is_found_in_mountinfo(tmp_path: Path) -> None:
+    where = tmp_path / "with space"
+    where.mkdir()
+    with mounted(where=where) as mount:
+        assert is_mounted(mount.root)
+        assert mount.read("sys/bus/ap/ap_domain") == "4\n"
+    assert not is_mounted(mount.root) and not left_behind(tmp_path)
+
+
 def test_mounted_names_the_reason_when_the_host_cannot_mount(tmp_path: Path) -> None:
     with pytest.raises(MountError) as failed, mounted("colour = 'blue'\n", where=tmp_path):
         pytest.fail("mounted() yielded a mount for a bad configuration")
