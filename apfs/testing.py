@@ -53,8 +53,9 @@ COMMAND_TIMEOUT = 60.0
 
 POLL_INTERVAL = 0.005
 
-APFS_FSTYPE = "fuse.apfs"
-"""``/proc/self/mountinfo`` type of an apfs mount (the daemon mounts with subtype=apfs)."""
+APFS_SOURCE = "apfs"
+"""``/proc/self/mountinfo`` source of an apfs mount (``fsname=apfs``); its type is
+``fuse.apfs`` (``subtype=apfs``), or ``fuse`` with a libfuse that drops subtypes."""
 
 # The line Host.log_refusal writes (after the log's "[   seconds] " stamp), e.g.
 #   sys/bus/ap/drivers/cex4queue/unbind: write '09.0004\n' refused with ENODEV (No such
@@ -198,7 +199,7 @@ def mounted(config: Config = None, state: str | os.PathLike[str] | None = None, 
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     """Whether something is mounted on ``path``, from ``/proc/self/mountinfo``: unlike
     :func:`os.path.ismount` it never stats the path, which hangs on a stopped daemon."""
-    return _fstype(Path(path)) is not None
+    return _mount_on(Path(path)) is not None
 
 
 def unmount(path: str | os.PathLike[str]) -> bool:
@@ -207,11 +208,12 @@ def unmount(path: str | os.PathLike[str]) -> bool:
     whether it had to detach lazily.  Refuses (:class:`MountError`) to touch a mount that is
     not apfs."""
     where = Path(path).absolute()
-    fstype = _fstype(where)
-    if fstype is None:
+    mount = _mount_on(where)
+    if mount is None:
         return False
-    if fstype != APFS_FSTYPE:
-        raise MountError(f"{where}: mounted as {fstype}, not {APFS_FSTYPE}: not unmounting it")
+    fstype, source = mount
+    if source != APFS_SOURCE or not fstype.startswith("fuse"):
+        raise MountError(f"{where}: a {fstype} mount of {source}, not apfs: not unmounting it")
     lazy = _fusermount("-u", where) != 0
     if lazy:
         _fusermount("-u", "-z", where)
@@ -286,15 +288,16 @@ def _fusermount(*args: str | Path) -> int:
                           timeout=COMMAND_TIMEOUT).returncode
 
 
-def _fstype(path: Path) -> str | None:
-    """The type of the topmost mount on ``path`` (``fuse.apfs``), or None."""
+def _mount_on(path: Path) -> tuple[str, str] | None:
+    """(type, source) of the topmost mount on ``path``, or None."""
     target = str(path.absolute())
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields, _, rest = line.partition(" - ")
             if _unescape(fields.split()[4]) == target:
-                found = rest.split()[0]
+                fstype, source = rest.split()[:2]
+                found = (fstype, _unescape(source))
     return found
 
 

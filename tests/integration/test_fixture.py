@@ -275,7 +275,7 @@ def test_unmount_refuses_a_mount_that_is_not_apfs(tmp_path: Path) -> None:
     try:
         with pytest.raises(MountError) as refused:
             unmount(tmp_path)
-        assert str(refused.value) == (f"{tmp_path}: mounted as tmpfs, not fuse.apfs: "
+        assert str(refused.value) == (f"{tmp_path}: a tmpfs mount of fixture-test, not apfs: "
                                       "not unmounting it")
         assert is_mounted(tmp_path)
     finally:
