@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import APFS, apfs
@@ -291,4 +292,13 @@ def test_mounted_with_state_starts_from_it_and_reset_goes_back(tmp_path: Path) -
         assert second.read(bindings) == "7/8\n"
         second.reset()
         assert second.read(bindings) == "8/8 (complete)\n"
+    assert not left_behind(tmp_path)
+
+
+def test_a_config_that_is_neither_text_nor_a_path_is_refused(tmp_path: Path) -> None:
+    config: Any = b"[host]"
+    with pytest.raises(TypeError) as refused, mounted(config, where=tmp_path):
+        pytest.fail("mounted() yielded a mount for a bytes config")
+    assert str(refused.value) == ("config=b'[host]': expected TOML text (str) or a path "
+                                  "(os.PathLike)")
     assert not left_behind(tmp_path)
