@@ -46,9 +46,12 @@ def mount_options() -> set[str]:
     return options
 
 
-async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int) -> None:
+async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int,
+                 owner_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
+        if owner_fd is not None:
+            nursery.start_soon(_stop_when_owner_exits, owner_fd, nursery.cancel_scope)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("apfs: mounted on %s", mountpoint)
         if ready_fd is not None:
@@ -71,6 +74,14 @@ async def _stop_on_signal(scope: trio.CancelScope,
             return
 
 
+async def _stop_when_owner_exits(owner_fd: int, scope: trio.CancelScope) -> None:
+    """``--exit-with PID``: a test run that dies (os._exit, SIGKILL) cannot unmount; its
+    daemon does it.  A pidfd becomes readable when its process exits."""
+    await trio.lowlevel.wait_readable(owner_fd)
+    log.info("apfs: owner process exited, unmounting")
+    scope.cancel()
+
+
 def serve(args: argparse.Namespace) -> int:
     """Mount, serve until unmounted or signalled, unmount.  Returns an exit status.
 
@@ -83,7 +94,9 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(ready_fd, f"--log {args.log}: cannot open it: {exc.strerror}")
     mounted = False
+    owner_fd = None
     try:
+        owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
         host = build_host(args.config)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         if args.state is not None:
@@ -102,7 +115,7 @@ def serve(args: argparse.Namespace) -> int:
             pyfuse3.close(unmount=True)
         return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
-        trio.run(_serve, mountpoint, ready_fd, args.spin_us)
+        trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd)
     finally:
         # A second Ctrl-C must not interrupt the teardown half-way.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -112,6 +125,13 @@ def serve(args: argparse.Namespace) -> int:
         pidfile.release(pid_path)
         log.info("apfs: stopped")
     return 0
+
+
+def _open_owner(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ValueError(f"--exit-with {pid}: no such process") from None
 
 
 def _device_of(mountpoint: str) -> str:

@@ -71,6 +71,9 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
                               "terminal's stderr, which then stays attached)"),
     Option(("--log",), metavar="FILE", is_path=True,
            help="append the daemon's log to FILE (also readable at apfs/log)"),
+    Option(("--exit-with",), metavar="PID", type=int,
+           help="unmount and exit when process PID exits (a test run that owns the mount; "
+                "see apfs.testing)"),
     Option(("--spin-us",), metavar="N", type=non_negative, default=DEFAULT_SPIN_US,
            help="after each request, poll for the next one for N microseconds before "
                 "sleeping: a little CPU for ~2x faster sequential cat/echo "

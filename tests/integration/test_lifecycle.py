@@ -75,7 +75,6 @@ def other_mounts(tmp_path: Path) -> Iterator[list[Path]]:
 
 def test_two_mounts_have_independent_state(mount_factory: Callable[..., Mount]) -> None:
     first, second = mount_factory(), mount_factory()
-    assert daemon_pid(first.root) != daemon_pid(second.root)
     done = first.bash('echo 05.0004 > "$SYS/bus/ap/drivers/cex4queue/unbind" && '
                       'echo 77 > "$SYS/bus/ap/config_time"')
     assert done.returncode == 0, done
