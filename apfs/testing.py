@@ -37,6 +37,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apfs import mountinfo
+
 __all__ = ["Config", "Mount", "MountError", "Refusal", "Shell", "is_mounted", "mounted", "unmount"]
 
 Config = str | os.PathLike[str] | None
@@ -52,10 +54,6 @@ COMMAND_TIMEOUT = 60.0
 """Bound of every helper process (``bash``, ``fusermount3``): a hung mount fails a test."""
 
 POLL_INTERVAL = 0.005
-
-APFS_SOURCE = "apfs"
-"""``/proc/self/mountinfo`` source of an apfs mount (``fsname=apfs``); its type is
-``fuse.apfs`` (``subtype=apfs``), or ``fuse`` with a libfuse that drops subtypes."""
 
 # The line Host.log_refusal writes (after the log's "[   seconds] " stamp), e.g.
 #   sys/bus/ap/drivers/cex4queue/unbind: write '09.0004\n' refused with ENODEV (No such
@@ -199,7 +197,7 @@ def mounted(config: Config = None, state: str | os.PathLike[str] | None = None, 
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     """Whether something is mounted on ``path``, from ``/proc/self/mountinfo``: unlike
     :func:`os.path.ismount` it never stats the path, which hangs on a stopped daemon."""
-    return _mount_on(Path(path)) is not None
+    return mountinfo.mount_at(str(Path(path).absolute())) is not None
 
 
 def unmount(path: str | os.PathLike[str]) -> bool:
@@ -208,12 +206,12 @@ def unmount(path: str | os.PathLike[str]) -> bool:
     whether it had to detach lazily.  Refuses (:class:`MountError`) to touch a mount that is
     not apfs."""
     where = Path(path).absolute()
-    mount = _mount_on(where)
-    if mount is None:
+    entry = mountinfo.mount_at(str(where))
+    if entry is None:
         return False
-    fstype, source = mount
-    if source != APFS_SOURCE or not fstype.startswith("fuse"):
-        raise MountError(f"{where}: a {fstype} mount of {source}, not apfs: not unmounting it")
+    if not entry.is_apfs:
+        raise MountError(f"{where}: a {entry.fstype} mount of {entry.source}, not apfs: "
+                         "not unmounting it")
     lazy = _fusermount("-u", where) != 0
     if lazy:
         _fusermount("-u", "-z", where)
@@ -286,21 +284,3 @@ def _remove_unless_mounted(base: Path) -> None:
 def _fusermount(*args: str | Path) -> int:
     return subprocess.run(["fusermount3", *map(str, args)], capture_output=True,
                           timeout=COMMAND_TIMEOUT).returncode
-
-
-def _mount_on(path: Path) -> tuple[str, str] | None:
-    """(type, source) of the topmost mount on ``path``, or None."""
-    target = str(path.absolute())
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields, _, rest = line.partition(" - ")
-            if _unescape(fields.split()[4]) == target:
-                fstype, source = rest.split()[:2]
-                found = (fstype, _unescape(source))
-    return found
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
