@@ -7,9 +7,15 @@ table is the FUSE layer's job.
 from __future__ import annotations
 
 from vdev.ap import DEFAULT_HOST_TOML, ApBus, ApMatrix, HostConfig
+from vdev.ap.bus import Card, Queue
 
 MATRIX = "/sys/devices/ap_matrix/matrix"
 TYPE_DIR = f"{MATRIX}/mdev_supported_types/ap_matrix-passthrough"
+
+
+def present(device: Card | Queue) -> set[str]:
+    """The names of the files in a card's or queue's directory under its current binding."""
+    return {a.name for a in type(device).ATTRS if a.present(device)}
 
 
 class Shell:
@@ -42,7 +48,7 @@ class Shell:
             return self.matrix
         if directory.startswith(f"{MATRIX}/"):
             return self.matrix.mdevs[directory.rsplit("/", 1)[1]]
-        device = self.bus.device(directory.rsplit("/", 1)[1])
-        if device is None or attr not in {a.name for a in device.attrs()}:
+        device = self.bus.devices.get(directory.rsplit("/", 1)[1])
+        if device is None or attr not in present(device):
             raise FileNotFoundError(f"{directory}/{attr}")
         return device

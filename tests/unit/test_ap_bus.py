@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from tests.unit.ap_shell import Shell
+from tests.unit.ap_shell import Shell, present
 from vdev.ap import DEFAULT_HOST_TOML, ApBus, HostConfig
 from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
@@ -34,7 +34,7 @@ def sh() -> Shell:
 
 def test_seed_host_devices_and_drivers(sh: Shell) -> None:
     bus = sh.bus
-    assert bus.device_names() == [
+    assert sorted(bus.devices) == [
         "05.0004", "05.0047", "05.00ab", "05.00ff",
         "06.0004", "06.0047", "06.00ab", "06.00ff",
         "card05", "card06",
@@ -43,9 +43,9 @@ def test_seed_host_devices_and_drivers(sh: Shell) -> None:
         "cex2acard", "cex2aqueue", "cex4card", "cex4queue",
         "pcixcccard", "pcixccqueue", "vfio_ap_matrix",
     ]
-    assert bus.drivers["cex4card"].device_names() == ["card05", "card06"]
-    assert bus.drivers["cex4queue"].device_names()[:2] == ["05.0004", "05.0047"]
-    assert bus.drivers["vfio_ap_matrix"].device_names() == []
+    assert sorted(bus.drivers["cex4card"].devices) == ["card05", "card06"]
+    assert sorted(bus.drivers["cex4queue"].devices)[:2] == ["05.0004", "05.0047"]
+    assert sorted(bus.drivers["vfio_ap_matrix"].devices) == []
     assert sh.cat(f"{AP}/bindings") == "8/8 (complete)\n"
 
 
@@ -113,8 +113,8 @@ def test_seed_step_1_and_2_reserve_a_queue(sh: Shell) -> None:
     assert sh.cat(f"{AP}/bindings") == "7/8\n"
     sh.echo("05.0004", f"{AP}/drivers/vfio_ap_matrix/bind")
     assert sh.cat(f"{AP}/bindings") == "8/8 (complete)\n"
-    assert sh.bus.drivers["vfio_ap_matrix"].device_names() == ["05.0004"]
-    assert "05.0004" not in sh.bus.drivers["cex4queue"].device_names()
+    assert sorted(sh.bus.drivers["vfio_ap_matrix"].devices) == ["05.0004"]
+    assert "05.0004" not in sorted(sh.bus.drivers["cex4queue"].devices)
 
 
 def test_bind_refusals_change_nothing(sh: Shell) -> None:
@@ -132,8 +132,8 @@ def test_bind_refusals_change_nothing(sh: Shell) -> None:
     bus.unbind("cex4card", "card05\n")
     refused(errno.ENODEV, bus.bind, "vfio_ap_matrix", "card05\n")  # passthrough takes queues only
     refused(errno.ENODEV, bus.bind, "pcixcccard", "card05\n")
-    assert bus.device("05.0004").driver is None
-    assert bus.device("card05").driver is None
+    assert bus.devices["05.0004"].driver is None
+    assert bus.devices["card05"].driver is None
 
 
 def test_unbind_refusals(sh: Shell) -> None:
@@ -149,7 +149,7 @@ def test_unbind_refusals(sh: Shell) -> None:
 def test_drivers_probe_rebinds_to_the_host_driver(sh: Shell) -> None:
     sh.echo("05.0004", f"{AP}/drivers/cex4queue/unbind")
     sh.echo("05.0004", f"{AP}/drivers_probe")
-    assert sh.bus.device("05.0004").driver is sh.bus.drivers["cex4queue"]
+    assert sh.bus.devices["05.0004"].driver is sh.bus.drivers["cex4queue"]
     sh.echo("05.0004", f"{AP}/drivers_probe")  # bound already: nothing to do, no error
     refused(errno.ENODEV, sh.echo, "05.0005", f"{AP}/drivers_probe")
 
@@ -166,13 +166,13 @@ def test_old_card_types_use_their_own_drivers() -> None:
     type = "CEX3C"
     """
     bus = ApBus(HostConfig.from_toml(toml))
-    assert bus.drivers["cex2acard"].device_names() == ["card00"]
-    assert bus.drivers["cex2aqueue"].device_names() == ["00.0001"]
-    assert bus.drivers["pcixccqueue"].device_names() == ["01.0001"]
+    assert sorted(bus.drivers["cex2acard"].devices) == ["card00"]
+    assert sorted(bus.drivers["cex2aqueue"].devices) == ["00.0001"]
+    assert sorted(bus.drivers["pcixccqueue"].devices) == ["01.0001"]
     bus.unbind("cex2aqueue", "00.0001")
     bus.bind("vfio_ap_matrix", "00.0001")
-    assert bus.device("card01").show_ap_functions() == "0x10000000\n"
-    assert bus.device("card00").show_modalias() == "ap:t06\n"
+    assert bus.devices["card01"].show_ap_functions() == "0x10000000\n"
+    assert bus.devices["card00"].show_modalias() == "ap:t06\n"
 
 
 # -- card and queue attributes ------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_card_attributes(sh: Shell) -> None:
         "pendingq_count": "0\n", "modalias": "ap:t0B\n", "config": "1\n", "chkstop": "0\n",
         "max_msg_size": "12288\n", "type": "CEX5C\n", "online": "1\n", "load": "0\n",
     }
-    assert {a.name for a in sh.bus.device("card05").attrs()} == set(expected)
+    assert present(sh.bus.devices["card05"]) == set(expected)
     for attr, text in expected.items():
         assert sh.cat(f"{CARD05}/{attr}") == text, attr
     assert sh.cat("/sys/devices/ap/card06/type") == "CEX5A\n"
@@ -193,17 +193,17 @@ def test_card_attributes(sh: Shell) -> None:
 
 
 def test_queue_attributes_depend_on_the_driver(sh: Shell) -> None:
-    queue = sh.bus.device("05.0004")
+    queue = sh.bus.devices["05.0004"]
     always = {"request_count", "requestq_count", "pendingq_count", "reset", "interrupt",
               "config", "chkstop", "ap_functions"}
-    assert {a.name for a in queue.attrs()} == always | {"online", "load"}
+    assert present(queue) == always | {"online", "load"}
     assert sh.cat(f"{Q0504}/online") == "1\n"
     assert sh.cat(f"{Q0504}/reset") == "No Reset Timer set.\n"
     assert sh.cat(f"{Q0504}/interrupt") == "Interrupts enabled.\n"
     sh.echo("05.0004", f"{AP}/drivers/cex4queue/unbind")
-    assert {a.name for a in queue.attrs()} == always
+    assert present(queue) == always
     sh.echo("05.0004", f"{AP}/drivers/vfio_ap_matrix/bind")
-    assert {a.name for a in queue.attrs()} == always | {"status"}
+    assert present(queue) == always | {"status"}
     assert sh.cat(f"{Q0504}/status") == "unassigned\n"
     assert sh.cat(f"{Q0504}/interrupt") == "Interrupts disabled.\n"
     with pytest.raises(FileNotFoundError):
@@ -212,7 +212,7 @@ def test_queue_attributes_depend_on_the_driver(sh: Shell) -> None:
 
 def test_card_unbound_from_its_driver_loses_type_online_load(sh: Shell) -> None:
     sh.echo("card05", f"{AP}/drivers/cex4card/unbind")
-    names = {a.name for a in sh.bus.device("card05").attrs()}
+    names = present(sh.bus.devices["card05"])
     assert not names & {"type", "online", "load"}
     assert "hwtype" in names
 
@@ -313,8 +313,8 @@ def test_requests_need_an_online_queue_of_a_host_driver(sh: Shell) -> None:
 def test_boot_bindings_from_config() -> None:
     toml = DEFAULT_HOST_TOML + '\n[bindings]\n"05.0004" = "vfio_ap_matrix"\n"06.00ff" = ""\n'
     bus = ApBus(HostConfig.from_toml(toml))
-    assert bus.drivers["vfio_ap_matrix"].device_names() == ["05.0004"]
-    assert bus.device("06.00ff").driver is None
+    assert sorted(bus.drivers["vfio_ap_matrix"].devices) == ["05.0004"]
+    assert bus.devices["06.00ff"].driver is None
     assert bus.show_bindings() == "7/8\n"
 
 
@@ -351,10 +351,10 @@ def test_grid_host_256_by_256() -> None:
     bus = ApBus(HostConfig.grid(256, 256))
     assert bus.show_bindings() == "65536/65536 (complete)\n"
     assert bus.show_ap_adapter_mask() == "0x" + "f" * 64 + "\n"
-    assert bus.device("ff.00ff").show_online() == "1\n"
+    assert bus.devices["ff.00ff"].show_online() == "1\n"
     bus.unbind("cex4queue", "ff.00ff\n")
     assert bus.show_bindings() == "65535/65536\n"
-    assert bus.drivers["cex4queue"].device_names()[-1] == "ff.00fe"
+    assert sorted(bus.drivers["cex4queue"].devices)[-1] == "ff.00fe"
 
 
 def test_empty_host() -> None:

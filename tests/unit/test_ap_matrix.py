@@ -62,7 +62,7 @@ def test_mdev_type_attributes() -> None:
 def test_seed_two_guest_example() -> None:
     sh = Shell()
     reserve(sh, SEED_QUEUES)
-    assert sh.bus.drivers["cex4queue"].device_names() == ["06.0047", "06.00ff"]
+    assert sorted(sh.bus.drivers["cex4queue"].devices) == ["06.0047", "06.00ff"]
     sh.echo(UUID1, f"{TYPE_DIR}/create")  # uuidgen > create
     sh.echo(UUID2, f"{TYPE_DIR}/create")
     assert list(sh.matrix.mdevs) == [UUID1, UUID2]
@@ -276,7 +276,7 @@ def test_scale_256_by_256_and_2000_mdevs() -> None:
     refused(errno.EADDRINUSE, last.store_assign_domain, "0\n")
     bus.unbind("cex4queue", "cf.0007\n")
     bus.bind("vfio_ap_matrix", "cf.0007\n")
-    assert bus.device("cf.0007").show_status() == "assigned\n"
+    assert bus.devices["cf.0007"].show_status() == "assigned\n"
     assert matrix.show_available_instances() == f"{65536 - 2000}\n"
     # One mdev owning the whole free part of the matrix: 256 x 248 APQNs.
     big = matrix.create("ffffffff-0000-4000-8000-000000000000")

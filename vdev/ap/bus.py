@@ -115,11 +115,11 @@ def _zero_or_one(text: str, name: str) -> bool:
 class Driver:
     """An AP device driver: which devices it can handle and which are bound to it now.
 
-    ``devices`` maps name → bound device (O(1) bind/unbind); :meth:`device_names` gives the
-    names in directory order, re-sorted only after a change.
+    ``devices`` maps name → bound device (O(1) bind/unbind): the symlinks of
+    ``/sys/bus/ap/drivers/<name>/``.
     """
 
-    __slots__ = ("_names", "bus", "devices", "kind", "name", "passthrough", "types")
+    __slots__ = ("bus", "devices", "kind", "name", "passthrough", "types")
 
     def __init__(self, name: str, kind: type[Card] | type[Queue], types: frozenset[str],
                  *, passthrough: bool = False) -> None:
@@ -129,7 +129,6 @@ class Driver:
         self.types = types
         self.passthrough = passthrough
         self.devices: dict[str, Card | Queue] = {}
-        self._names: list[str] | None = []
 
     def store_bind(self, text: str) -> None:
         """``/sys/bus/ap/drivers/<name>/bind``."""
@@ -145,20 +144,12 @@ class Driver:
         """``ap_bus_match``: the driver's id table lists the device's kind and type."""
         return isinstance(device, self.kind) and device.type.name in self.types
 
-    def device_names(self) -> list[str]:
-        """Bound device names, sorted (the symlinks in ``/sys/bus/ap/drivers/<name>/``)."""
-        if self._names is None:
-            self._names = sorted(self.devices)
-        return self._names
-
     def _attach(self, device: Card | Queue) -> None:
         self.devices[device.name] = device
-        self._names = None
         device.driver = self
 
     def _detach(self, device: Card | Queue) -> None:
         del self.devices[device.name]
-        self._names = None
         device.driver = None
 
 
@@ -205,10 +196,6 @@ class Card:
     def has_host_attrs(self) -> bool:
         """Bound to a card driver (only host drivers bind cards): type/online/load exist."""
         return self.driver is not None
-
-    def attrs(self) -> tuple[Attr, ...]:
-        """The files present in this card's directory right now."""
-        return tuple(a for a in self.ATTRS if a.present(self))
 
     def show_hwtype(self) -> str:
         return _int_line(self.type.hwtype)
@@ -333,10 +320,6 @@ class Queue:
     def has_status(self) -> bool:
         """Bound to the passthrough driver: ``status`` exists (and ``online`` does not)."""
         return self.driver is not None and self.driver.passthrough
-
-    def attrs(self) -> tuple[Attr, ...]:
-        """The files present in this queue's directory right now."""
-        return tuple(a for a in self.ATTRS if a.present(self))
 
     def show_request_count(self) -> str:
         return _int_line(self.request_count)
@@ -466,7 +449,6 @@ class ApBus:
         self._bound_queues = 0
         self._n_queues = 0
         self._build(config)
-        self._device_names = sorted(self.devices)
 
     @staticmethod
     def _make_drivers(flavor: BusFlavor, config: HostConfig) -> dict[str, Driver]:
@@ -523,17 +505,9 @@ class ApBus:
 
     # -- structure -------------------------------------------------------------------------
 
-    def device(self, name: str) -> Card | Queue | None:
-        """The card (``card05``) or queue (``05.0004``) of that name, or None."""
-        return self.devices.get(name)
-
     def queue(self, adapter: int, domain: int) -> Queue | None:
         card = self.cards.get(adapter)
         return None if card is None else card.queues.get(domain)
-
-    def device_names(self) -> list[str]:
-        """All device names in ``/sys/bus/ap/devices`` order (sorted; queues before cards)."""
-        return self._device_names
 
     def bind(self, driver_name: str, text: str) -> None:
         """``echo NAME > /sys/bus/ap/drivers/<driver_name>/bind``.
