@@ -23,6 +23,9 @@ import pytest
 from conftest import Mount, Shell
 from helpers import apfs_run, assert_unchanged, snapshot, tree_listing
 
+from apfs import host as apfs_host
+from vdev.ap.host import DEFAULT_HOST_TOML
+
 pytestmark = [
     pytest.mark.mount,
     pytest.mark.skipif(shutil.which("mdevctl") is None,
@@ -43,6 +46,10 @@ def _seed_apqns(mount: Mount, uuid: str) -> list[str]:
     return [f"{a}.{d}" for a in adapters for d in domains]
 
 
+def _upstream_apqns(mount: Mount, uuid: str) -> list[str]:
+    return (mount.sys / "bus/mdev/devices" / uuid / "matrix").read_text().split()
+
+
 @dataclass(frozen=True)
 class Flavor:
     name: str
@@ -57,12 +64,15 @@ class Flavor:
 
 
 AP_MATRIX = Flavor("ap_matrix", None, "ap_matrix-passthrough", _seed_apqns, reserve="")
-# The vfio_ap flavor joins here once it is merged: Flavor("vfio_ap", 'flavor = "vfio_ap"\n'
-# plus a host, "vfio_ap-passthrough", the `matrix` file, "echo -0x5,-0x6 > apmask; ...").
-FLAVORS = [AP_MATRIX]
+VFIO_AP = Flavor("vfio_ap", DEFAULT_HOST_TOML.replace("[host]", '[host]\nflavor = "vfio_ap"'),
+                 "vfio_ap-passthrough", _upstream_apqns,
+                 reserve="echo -0x5,-0x6 > bus/ap/apmask && echo -0x4,-0x47,-0xab > bus/ap/aqmask")
+VFIO_AP_BUILT = "vfio_ap" in getattr(apfs_host, "FLAVORS", ())
+FLAVORS = [AP_MATRIX, pytest.param(VFIO_AP, marks=pytest.mark.skipif(
+    not VFIO_AP_BUILT, reason="this build has no vfio_ap flavor (branch vfio not merged yet)"))]
 
 
-@pytest.fixture(params=FLAVORS, ids=lambda flavor: flavor.name)
+@pytest.fixture(params=FLAVORS, ids=["ap_matrix", "vfio_ap"])
 def flavor(request: pytest.FixtureRequest) -> Flavor:
     return request.param
 
