@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from apfs import mountinfo, preflight
+from apfs import mountinfo, preflight, run
 from apfs.options import add_mount_options, daemon_argv
 from apfs.unmount import UnmountError, unmount
 from vdev.ap.host import DEFAULT_HOST_TOML
@@ -57,6 +57,29 @@ mount, a plain directory) is refused and left untouched.  A mount whose daemon d
 mount is gone (stopped with SIGSTOP, stuck) gets SIGTERM, then SIGKILL: this command
 returns within 10 s.  A busy mount (a file open or a working directory in it) is refused
 unless --lazy.
+"""
+
+
+RUN_EPILOG = """\
+The program runs in a mount namespace of its own where the tree's sys/ is bind-mounted over
+/sys: tools that hard-code /sys (mdevctl, lszcrypt, udevadm, static binaries) see the
+emulated devices, while the host's /sys stays as it was.  /etc/mdevctl.d is a private, empty
+tmpfs there (with the scripts.d/callouts and scripts.d/notifiers directories mdevctl
+requires), so definitions the program persists never reach the host: --host-etc keeps the
+host's instead.
+
+Without --mount, a fresh tree is mounted (with the mount options given) on a temporary
+directory and unmounted afterwards, whatever happens; with --mount MOUNTPOINT the running
+apfs mount there is used and left mounted.
+
+The program's exit status is this command's; a program killed by a signal makes apfs run die
+of the same signal.  Signals sent to apfs run (SIGTERM, SIGINT, SIGHUP, SIGUSR1, ...) are
+passed on to the program.  apfs run's own failures exit 125, a program that cannot be
+executed 126, one that is not found 127 (as env(1)).  Needs root (CAP_SYS_ADMIN).
+
+  apfs run -- mdevctl types
+  apfs run --config host.toml -- sh -c 'echo 05.0004 > /sys/bus/ap/drivers/cex4queue/unbind'
+  apfs mount /mnt/ap; apfs run --mount /mnt/ap -- mdevctl list; apfs umount /mnt/ap
 """
 
 
@@ -150,6 +173,20 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    mount_args = daemon_argv(args)
+    try:
+        if args.mount is not None and mount_args:
+            raise run.RunError(f"--mount uses a running mount: {' '.join(mount_args)} only "
+                               f"apply to a fresh one")
+        return run.run(command, mount=args.mount, mount_args=mount_args,
+                       host_etc=args.host_etc)
+    except run.RunError as exc:
+        print(f"apfs run: {exc}", file=sys.stderr)
+        return exc.status
+
+
 def cmd_default_config(args: argparse.Namespace) -> int:
     sys.stdout.write(DEFAULT_HOST_TOML)
     return 0
@@ -176,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "the last file open there is closed")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where an apfs mount is")
     umount.set_defaults(func=cmd_umount)
+
+    runner = commands.add_parser(
+        "run", help="run a program with a tree over /sys, in a private mount namespace",
+        usage="apfs run [MOUNT OPTIONS | --mount MOUNTPOINT] [--host-etc] -- CMD [ARGS...]",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mount_options(runner, daemon=True)
+    runner.add_argument("--mount", metavar="MOUNTPOINT",
+                        help="use the running apfs mount there (left mounted) instead of a "
+                             "fresh one")
+    runner.add_argument("--host-etc", action="store_true",
+                        help="keep the host's /etc/mdevctl.d (default: a private, empty one)")
+    runner.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                        help="the program and its arguments")
+    runner.set_defaults(func=cmd_run)
 
     default = commands.add_parser("default-config",
                                   help="print the embedded default host as TOML")

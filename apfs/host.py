@@ -159,6 +159,8 @@ SYSFS = directory(
                             bus_tree.bus_dir(_bus),
                             Subdir("ap_matrix", matrix_tree.BUS, _matrix),
                             Subdir("mdev", matrix_tree.MDEV_BUS, _matrix))),
+    Subdir("class", directory("class",
+                              Subdir("mdev_bus", matrix_tree.MDEV_BUS_CLASS, _matrix))),
     Subdir("devices", directory("devices",
                                 bus_tree.devices_dir(_bus),
                                 Subdir("ap_matrix", matrix_tree.DEVICES, _matrix))),

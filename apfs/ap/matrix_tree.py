@@ -1,5 +1,10 @@
-"""The seed's ``ap_matrix`` flavor: ``/sys/devices/ap_matrix``, ``/sys/bus/ap_matrix`` and
-the ``/sys/bus/mdev`` links to its mediated devices (spec/ap.md §2).
+"""The seed's ``ap_matrix`` flavor: ``/sys/devices/ap_matrix``, ``/sys/bus/ap_matrix``,
+the ``/sys/bus/mdev`` links to its mediated devices (spec/ap.md §2) and the matrix device's
+``/sys/class/mdev_bus`` entry.
+
+The mdev core has registered every parent device in the ``mdev_bus`` class since Linux 4.10
+(``class_compat_create_link`` in drivers/vfio/mdev/mdev_core.c): ``class/mdev_bus/matrix`` is
+how mdevctl finds the parents and their types, so the seed's matrix device has one too.
 
 Two spellings the seed uses that a kernel would not have resolve as hidden symlinks:
 ``mdev_supported_types/ap_matrix_passthrough`` (underscore, seed step 4) and
@@ -67,6 +72,8 @@ BUS = directory(
     Subdir("devices", directory("ap_matrix bus devices", Link("matrix", lambda _: MATRIX))),
     Subdir("drivers", directory("ap_matrix bus drivers")),
 )
+
+MDEV_BUS_CLASS = directory("mdev_bus class", Link("matrix", lambda _: MATRIX))
 
 MDEV_BUS = directory(
     "mdev bus",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -235,3 +237,33 @@ def stat_errno(path: Path) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
+
+
+# --- apfs run ---------------------------------------------------------------------------
+
+
+APFS_RUN = [sys.executable, "-m", "apfs.cli", "run"]
+"""``apfs run`` of the apfs under test, whoever runs it (also a user without the venv's
+console script on PATH)."""
+
+
+def apfs_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``apfs run ARGS`` (options, ``--``, the program), its output captured."""
+    return subprocess.run([*APFS_RUN, *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def tree_listing(root: str | Path) -> dict[str, str]:
+    """``{relative path: "dir" | file content | link text}`` of a small host directory."""
+    out = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = f"-> {os.readlink(path)}"
+            elif os.path.isdir(path):
+                out[rel] = "dir"
+            else:
+                out[rel] = Path(path).read_text(errors="replace")
+    return out

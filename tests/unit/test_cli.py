@@ -79,6 +79,23 @@ def test_a_negative_spin_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--spin-us: -1 is negative" in capsys.readouterr().err
 
 
+def test_apfs_run_takes_the_daemon_options_of_apfs_mount(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mount_args = ["--config", "host.toml", "--log", "apfs.log", "--spin-us", "0"]
+    mounted = cli.build_parser().parse_args(["mount", *mount_args, "/mnt/x"])
+    run = cli.build_parser().parse_args(["run", *mount_args, "--", "mdevctl", "list", "-d"])
+    assert options.daemon_argv(run) == options.daemon_argv(mounted)
+    assert run.command == ["--", "mdevctl", "list", "-d"]
+    assert (run.mount, run.host_etc) == (None, False)
+
+
+@pytest.mark.parametrize("cli_only", ["--foreground", "--nonempty"])
+def test_apfs_run_has_no_options_only_apfs_mount_acts_on(cli_only: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", cli_only, "--", "true"])
+
+
 # --- mountinfo ------------------------------------------------------------------------------
 
 
