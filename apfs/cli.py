@@ -13,7 +13,7 @@ import sys
 import time
 
 from apfs import mountinfo, preflight, run
-from apfs.options import add_mount_options, daemon_argv
+from apfs.options import add_mount_options, daemon_argv, daemon_command
 from apfs.unmount import UnmountError, unmount
 from vdev.ap.host import DEFAULT_HOST_TOML
 
@@ -109,7 +109,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # caller, so `apfs mount --debug --log F` can run under a pipe or a test's capture.
     trace_here = args.debug and not args.log
     child = subprocess.Popen(
-        [sys.executable, "-m", "apfs.daemon", "--ready-fd", str(write_end), *argv],
+        [*daemon_command(), "--ready-fd", str(write_end), *argv],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=None if trace_here else subprocess.DEVNULL,
     )

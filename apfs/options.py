@@ -10,12 +10,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from apfs.fuseloop import DEFAULT_SPIN_US
+
+
+def daemon_command() -> list[str]:
+    """How to start the daemon: this interpreter, ``-P`` so that a checkout of apfs in the
+    caller's working directory is never imported instead of the installed one."""
+    return [sys.executable, "-P", "-m", "apfs.daemon"]
 
 
 def non_negative(text: str) -> int:

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apfs import mountinfo
+from apfs.options import daemon_command
 
 __all__ = ["Config", "Mount", "MountError", "Refusal", "Shell", "is_mounted", "mounted", "unmount"]
 
@@ -175,7 +175,7 @@ def mounted(config: Config = None, state: str | os.PathLike[str] | None = None, 
         root = _new_mountpoint(base)
         # The daemon itself (what `apfs mount` starts), as our child: its pid and exit status
         # are ours to wait for, and it unmounts by itself if this process dies.
-        command = [sys.executable, "-m", "apfs.daemon", "--exit-with", str(os.getpid())]
+        command = [*daemon_command(), "--exit-with", str(os.getpid())]
         if config is not None:
             command += ["--config", str(_config_file(config, root.with_suffix(".toml")))]
         if state is not None:

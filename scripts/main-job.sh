@@ -50,6 +50,15 @@ for guest in 1 2; do
     done
 done
 
+# The host as s390-tools' lszcrypt shows it, then each guest's lszcrypt (scripts/lszcrypt).
+echo "+ SYSFS_ROOT=\$MNT/sys scripts/lszcrypt -V"
+SYSFS_ROOT="$MNT/sys" scripts/lszcrypt -V
+for guest in 1 2; do
+    var="uuid$guest"
+    echo "+ SYSFS_ROOT=\$MNT/sys scripts/lszcrypt --guest \$$var"
+    SYSFS_ROOT="$MNT/sys" scripts/lszcrypt --guest "${!var}"
+done
+
 # The APQNs the seed's lszcrypt tables show for each guest.
 check_apqns() {
     local got

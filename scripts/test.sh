@@ -14,8 +14,9 @@ mounts_before="$(apfs_mounts)"
 
 status=0
 echo "test: ruff check"
-# ruff discovers only *.py files; the extension-less Python scripts are named explicitly.
-.venv/bin/ruff check . scripts/bench-attr scripts/bench-scale scripts/bench-memory scripts/bench-state || status=1
+# ruff discovers only *.py files; the extension-less Python scripts are found by their shebang.
+mapfile -t python_scripts < <(grep -l '^#!/usr/bin/env python3' scripts/*)
+.venv/bin/ruff check . "${python_scripts[@]}" || status=1
 
 echo "test: pytest"
 pytest_status=0

@@ -18,7 +18,6 @@ import random
 import select
 import signal
 import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -28,6 +27,7 @@ from helpers import differences, in_proc_mounts, model_snapshot, snapshot
 from workload import MATRIX, model_write, random_write
 
 from apfs.host import Host, load_config
+from apfs.options import daemon_command
 
 CYCLES = int(os.environ.get("APFS_CRASH_CYCLES", "200"))
 KILL_WITHIN = 0.12
@@ -40,7 +40,7 @@ DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
 def start_daemon(root: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
     read_end, write_end = os.pipe()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "apfs.daemon", "--ready-fd", str(write_end), "--state",
+        [*daemon_command(), "--ready-fd", str(write_end), "--state",
          str(state), "--log", str(log), str(root)],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
