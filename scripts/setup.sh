@@ -13,7 +13,8 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # pyfuse3 is an sdist: it builds against libfuse3 with pkg-config and a C compiler;
 # fuse3 brings fusermount3; uuid-runtime brings uuidgen (the seed's `uuidgen > create`).
-PACKAGES=(fuse3 libfuse3-dev pkg-config uuid-runtime gcc python3-venv python3-dev)
+# libtpms0 is the TPM 2.0 behind vdev.tpm (loaded with ctypes).
+PACKAGES=(fuse3 libfuse3-dev pkg-config uuid-runtime gcc python3-venv python3-dev libtpms0)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

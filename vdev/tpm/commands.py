@@ -1,0 +1,136 @@
+"""TPM 2.0 wire format: the header, and the few commands the emulator itself sends.
+
+Front ends pass guests' commands through untouched; these builders are for what apfs sends on
+its own (PCR reads behind ``pcr-<bank>/N``, Startup after a power-on, benchmarks, tests).
+All integers are big-endian as in TPM 2.0 Part 1.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER_SIZE = 10
+TPM_ST_NO_SESSIONS = 0x8001
+TPM_ST_SESSIONS = 0x8002
+TPM_RS_PW = 0x40000009
+
+TPM_CC_STARTUP = 0x144
+TPM_CC_SHUTDOWN = 0x145
+TPM_CC_GET_RANDOM = 0x17B
+TPM_CC_PCR_READ = 0x17E
+TPM_CC_PCR_EXTEND = 0x182
+TPM_CC_GET_CAPABILITY = 0x17A
+
+TPM_SU_CLEAR = 0
+TPM_SU_STATE = 1
+
+TPM_RC_SUCCESS = 0
+TPM_RC_INITIALIZE = 0x100
+TPM_RC_FAILURE = 0x101
+TPM_RC_COMMAND_SIZE = 0x142
+TPM_RC_COMMAND_CODE = 0x143
+TPM_RC_LOCALITY = 0x907
+
+TPM_CAP_PCRS = 5
+TPM_CAP_TPM_PROPERTIES = 6
+TPM_PT_FIXED = 0x100
+
+# TPM_ALG_ID of the PCR banks a TPM 2.0 may allocate, with their digest sizes.
+HASH_ALGS: dict[str, tuple[int, int]] = {
+    "sha1": (0x0004, 20),
+    "sha256": (0x000B, 32),
+    "sha384": (0x000C, 48),
+    "sha512": (0x000D, 64),
+}
+PCR_COUNT = 24
+PCR_SELECT_SIZE = 3
+
+
+def command(code: int, body: bytes = b"", tag: int = TPM_ST_NO_SESSIONS) -> bytes:
+    """A complete command: header (tag, size, code) then ``body``."""
+    return struct.pack(">HII", tag, HEADER_SIZE + len(body), code) + body
+
+
+def response_code(response: bytes) -> int:
+    """The response's return code; ``ValueError`` if shorter than a header."""
+    if len(response) < HEADER_SIZE:
+        raise ValueError(f"TPM response of {len(response)} bytes is shorter than its header")
+    return struct.unpack_from(">I", response, 6)[0]
+
+
+def response_size(response: bytes) -> int:
+    """The size field of a response header (what a well-formed response's length equals)."""
+    if len(response) < HEADER_SIZE:
+        raise ValueError(f"TPM response of {len(response)} bytes is shorter than its header")
+    return struct.unpack_from(">I", response, 2)[0]
+
+
+def startup(su: int = TPM_SU_CLEAR) -> bytes:
+    return command(TPM_CC_STARTUP, struct.pack(">H", su))
+
+
+def shutdown(su: int = TPM_SU_CLEAR) -> bytes:
+    return command(TPM_CC_SHUTDOWN, struct.pack(">H", su))
+
+
+def get_random(count: int) -> bytes:
+    return command(TPM_CC_GET_RANDOM, struct.pack(">H", count))
+
+
+def get_capability(capability: int, prop: int, count: int) -> bytes:
+    return command(TPM_CC_GET_CAPABILITY, struct.pack(">III", capability, prop, count))
+
+
+def _bank(bank: str) -> tuple[int, int]:
+    try:
+        return HASH_ALGS[bank]
+    except KeyError:
+        raise ValueError(f"unknown PCR bank {bank!r} (known: {', '.join(HASH_ALGS)})") from None
+
+
+def pcr_select(bank: str, pcrs: list[int]) -> bytes:
+    """A TPML_PCR_SELECTION of one bank."""
+    bits = bytearray(PCR_SELECT_SIZE)
+    for pcr in pcrs:
+        if not 0 <= pcr < PCR_COUNT:
+            raise ValueError(f"PCR index {pcr} is outside 0..{PCR_COUNT - 1}")
+        bits[pcr // 8] |= 1 << (pcr % 8)
+    return struct.pack(">IHB", 1, _bank(bank)[0], PCR_SELECT_SIZE) + bytes(bits)
+
+
+def pcr_read(bank: str, pcrs: list[int]) -> bytes:
+    return command(TPM_CC_PCR_READ, pcr_select(bank, pcrs))
+
+
+def parse_pcr_read(response: bytes) -> list[bytes]:
+    """The digests of a successful PCR_Read response, in PCR order (at most 8 per call)."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"PCR_Read failed with TPM response code {rc:#x}")
+    offset = HEADER_SIZE + 4  # pcrUpdateCounter
+    (count,) = struct.unpack_from(">I", response, offset)
+    offset += 4
+    for _ in range(count):  # the selection actually read
+        size = response[offset + 2]
+        offset += 3 + size
+    (count,) = struct.unpack_from(">I", response, offset)
+    offset += 4
+    digests = []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">H", response, offset)
+        digests.append(response[offset + 2:offset + 2 + size])
+        offset += 2 + size
+    return digests
+
+
+def pcr_extend(pcr: int, digests: dict[str, bytes]) -> bytes:
+    """PCR_Extend of ``pcr`` with one digest per bank, authorised by an empty password."""
+    auth = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)  # handle, nonce, attributes, hmac
+    values = bytearray(struct.pack(">I", len(digests)))
+    for bank, digest in digests.items():
+        alg, size = _bank(bank)
+        if len(digest) != size:
+            raise ValueError(f"{bank} digest of {len(digest)} bytes, expected {size}")
+        values += struct.pack(">H", alg) + digest
+    body = struct.pack(">II", pcr, len(auth)) + auth + bytes(values)
+    return command(TPM_CC_PCR_EXTEND, body, tag=TPM_ST_SESSIONS)
