@@ -114,6 +114,11 @@ class Tpm:
         self._lock = FifoLock()
         self._powered = False
         self._lib.blobs.clear()
+        # libtpms keeps the TPM-established flag in a global that outlives the previous TPM
+        # of this process; a new TPM starts with it clear, as a new swtpm process does (a
+        # volatile state blob restores its own value at power-on).  Locality 3 may clear it.
+        self._lib.locality = 3
+        self._lib.reset_established()
         if state is not None:
             self.set_state(state)
 
