@@ -15,7 +15,7 @@ mounts_before="$(apfs_mounts)"
 status=0
 echo "test: ruff check"
 # ruff discovers only *.py files; the extension-less Python scripts are named explicitly.
-.venv/bin/ruff check . scripts/bench-attr scripts/bench-scale scripts/bench-memory scripts/bench-state || status=1
+.venv/bin/ruff check . scripts/bench-attr scripts/bench-scale scripts/bench-memory scripts/bench-state scripts/bench-tpm || status=1
 
 echo "test: pytest"
 pytest_status=0

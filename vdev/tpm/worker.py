@@ -1,7 +1,7 @@
 """A TPM in a worker process, with the API of :class:`vdev.tpm.engine.Tpm`.
 
 libtpms keeps one TPM per process; :class:`TpmWorker` runs each further TPM in a child
-process (``python -m vdev.tpm.worker``) and talks to it over its stdin/stdout pipes in the
+process (running :func:`main`) and talks to it over its stdin/stdout pipes in the
 frames of :mod:`vdev.tpm.codec`.  This is the one module of ``vdev`` that does I/O, because
 the process boundary *is* the feature; it has no sockets and no event loop.
 
@@ -42,6 +42,8 @@ _PLAIN_CALLS = frozenset({
 })
 EXIT_TIMEOUT = 5.0
 CANCEL_SIGNAL = signal.SIGUSR1
+# The child's program (not ``-m vdev.tpm.worker``, which would import this module twice).
+_CHILD = "import sys; from vdev.tpm.worker import main; sys.exit(main())"
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
@@ -152,7 +154,7 @@ class TpmWorker:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vdev.tpm.worker"], stdin=subprocess.PIPE,
+            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, close_fds=True)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin: BinaryIO = self._proc.stdin
@@ -263,6 +265,3 @@ class TpmWorker:
                 self._proc.wait()
         self._stdout.close()
 
-
-if __name__ == "__main__":
-    sys.exit(main())
