@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.tpm_helpers import extended, ok, pcr, require_libtpms, started
+from tests.unit.tpm_helpers import (
+    cancelled_rsa_primary,
+    extended,
+    ok,
+    pcr,
+    require_libtpms,
+    started,
+)
 from vdev.tpm import commands as cmd
 from vdev.tpm.engine import Tpm, TpmState
 from vdev.tpm.errors import TpmError, TpmInUse, TpmLibraryError, TpmStateError
@@ -235,3 +242,10 @@ def test_info(tpm: Tpm) -> None:
     assert info["TPMSpecification"]["family"] == "2.0"
     assert info["libtpms"]["version"].startswith("0.")
     assert info["libtpms"]["profiles"] in (True, False)
+
+
+def test_cancel_stops_a_running_command(tpm: Tpm) -> None:
+    assert cancelled_rsa_primary(tpm) == cmd.TPM_RC_CANCELED
+    # A cancel is no standing order: the next command runs to completion.
+    handle = cmd.created_handle(ok(tpm.execute(cmd.create_primary("ecc256"))))
+    ok(tpm.execute(cmd.flush_context(handle)))

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.tpm_helpers import extended, ok, pcr, require_libtpms, started
+from tests.unit.tpm_helpers import (
+    cancelled_rsa_primary,
+    extended,
+    ok,
+    pcr,
+    require_libtpms,
+    started,
+)
 from vdev.tpm import codec
 from vdev.tpm import commands as cmd
 from vdev.tpm.engine import Tpm
@@ -96,6 +103,11 @@ def test_concurrent_callers_are_served_one_at_a_time(worker: TpmWorker) -> None:
     for _ in range(100):
         expected = extended("sha256", expected, digest)
     assert pcr(worker, "sha256", 16) == expected
+
+
+def test_cancel_reaches_the_running_command(worker: TpmWorker) -> None:
+    assert cancelled_rsa_primary(worker) == cmd.TPM_RC_CANCELED
+    ok(worker.execute(cmd.get_random(8)))
 
 
 def test_a_dead_worker_is_reported() -> None:

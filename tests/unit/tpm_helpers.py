@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -46,3 +47,17 @@ def pcr(tpm: TpmEngine, bank: str, index: int) -> bytes:
 def extended(bank: str, old: bytes, digest: bytes) -> bytes:
     """What PCR_Extend makes of ``old``: H(old || digest) in the bank's hash."""
     return hashlib.new(bank, old + digest).digest()
+
+
+def cancelled_rsa_primary(tpm: TpmEngine) -> int:
+    """Run CreatePrimary RSA-3072 (≥ 0.1 s of prime search) in a thread, cancelling every
+    5 ms until it returns, and give its response code.  A cancel that arrives before the
+    command starts is forgotten by libtpms, hence the repetition; no timing is asserted."""
+    responses: list[bytes] = []
+    thread = threading.Thread(
+        target=lambda: responses.append(tpm.execute(commands.create_primary("rsa3072"))))
+    thread.start()
+    while thread.is_alive():
+        tpm.cancel()
+        thread.join(0.005)
+    return commands.response_code(responses[0])

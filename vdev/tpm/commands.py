@@ -20,6 +20,9 @@ TPM_CC_GET_RANDOM = 0x17B
 TPM_CC_PCR_READ = 0x17E
 TPM_CC_PCR_EXTEND = 0x182
 TPM_CC_GET_CAPABILITY = 0x17A
+TPM_CC_CREATE_PRIMARY = 0x131
+TPM_CC_FLUSH_CONTEXT = 0x165
+TPM_RH_OWNER = 0x40000001
 
 TPM_SU_CLEAR = 0
 TPM_SU_STATE = 1
@@ -30,6 +33,7 @@ TPM_RC_FAILURE = 0x101
 TPM_RC_COMMAND_SIZE = 0x142
 TPM_RC_COMMAND_CODE = 0x143
 TPM_RC_LOCALITY = 0x907
+TPM_RC_CANCELED = 0x909
 
 TPM_CAP_PCRS = 5
 TPM_CAP_TPM_PROPERTIES = 6
@@ -123,14 +127,63 @@ def parse_pcr_read(response: bytes) -> list[bytes]:
     return digests
 
 
+def _password_auth() -> bytes:
+    """An authorization area: the password session with an empty password."""
+    auth = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)  # handle, nonce, attributes, hmac
+    return struct.pack(">I", len(auth)) + auth
+
+
+# TPMA_OBJECT of tpm2_createprimary's default: fixedTPM, fixedParent, sensitiveDataOrigin,
+# userWithAuth, restricted, decrypt (a storage key).
+STORAGE_KEY_ATTRIBUTES = 0x00030072
+# TPMT_SYM_DEF_OBJECT AES-128-CFB, the storage keys' symmetric algorithm.
+_AES128_CFB = struct.pack(">HHH", 0x0006, 128, 0x0043)
+_TPM_ALG_NULL = 0x0010
+TPM_ECC_NIST_P256 = 0x0003
+
+
+def create_primary(key: str) -> bytes:
+    """CreatePrimary under the owner hierarchy of tpm2_createprimary's default template:
+    ``key`` is ``rsa2048``/``rsa3072`` or ``ecc256`` (NIST P-256)."""
+    if key.startswith("rsa") and key[3:] in ("1024", "2048", "3072"):
+        # TPMS_RSA_PARMS: symmetric, scheme NULL, keyBits, exponent 0 (65537); unique empty
+        params = struct.pack(">HHI", _TPM_ALG_NULL, int(key[3:]), 0) + struct.pack(">H", 0)
+        alg = 0x0001
+    elif key == "ecc256":
+        # TPMS_ECC_PARMS: symmetric, scheme NULL, curve, kdf NULL; unique x and y empty
+        params = struct.pack(">HHH", _TPM_ALG_NULL, TPM_ECC_NIST_P256, _TPM_ALG_NULL)
+        params += struct.pack(">HH", 0, 0)
+        alg = 0x0023
+    else:
+        raise ValueError(f"unknown primary key {key!r} (rsa1024, rsa2048, rsa3072, ecc256)")
+    public = struct.pack(">HHIH", alg, HASH_ALGS["sha256"][0], STORAGE_KEY_ATTRIBUTES, 0)
+    public += _AES128_CFB + params
+    body = struct.pack(">I", TPM_RH_OWNER) + _password_auth()
+    body += struct.pack(">HHH", 4, 0, 0)  # inSensitive: empty userAuth and data
+    body += struct.pack(">H", len(public)) + public
+    body += struct.pack(">HI", 0, 0)  # outsideInfo, creationPCR: empty
+    return command(TPM_CC_CREATE_PRIMARY, body, tag=TPM_ST_SESSIONS)
+
+
+def created_handle(response: bytes) -> int:
+    """The object handle of a successful CreatePrimary response."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"CreatePrimary failed with TPM response code {rc:#x}")
+    return struct.unpack_from(">I", response, HEADER_SIZE)[0]
+
+
+def flush_context(handle: int) -> bytes:
+    return command(TPM_CC_FLUSH_CONTEXT, struct.pack(">I", handle))
+
+
 def pcr_extend(pcr: int, digests: dict[str, bytes]) -> bytes:
     """PCR_Extend of ``pcr`` with one digest per bank, authorised by an empty password."""
-    auth = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)  # handle, nonce, attributes, hmac
     values = bytearray(struct.pack(">I", len(digests)))
     for bank, digest in digests.items():
         alg, size = _bank(bank)
         if len(digest) != size:
             raise ValueError(f"{bank} digest of {len(digest)} bytes, expected {size}")
         values += struct.pack(">H", alg) + digest
-    body = struct.pack(">II", pcr, len(auth)) + auth + bytes(values)
+    body = struct.pack(">I", pcr) + _password_auth() + bytes(values)
     return command(TPM_CC_PCR_EXTEND, body, tag=TPM_ST_SESSIONS)
