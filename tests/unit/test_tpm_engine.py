@@ -180,6 +180,12 @@ def test_set_state_refusals_change_nothing(tpm: Tpm) -> None:
     assert tpm.get_state().permanent == state.permanent
     tpm.power_on()
     ok(tpm.execute(cmd.startup()))
+    tpm.close()
+    with pytest.raises(TpmLibraryError):
+        Tpm(TpmState(b"garbage"))
+    with Tpm(TpmState(state.permanent)) as again:  # the refused one gave libtpms back
+        again.power_on()
+        ok(again.execute(cmd.startup()))
 
 
 def test_hash_sequence_at_locality_4_extends_pcr_17(tpm: Tpm) -> None:

@@ -114,13 +114,17 @@ class Tpm:
         self._lock = FifoLock()
         self._powered = False
         self._lib.blobs.clear()
-        # libtpms keeps the TPM-established flag in a global that outlives the previous TPM
-        # of this process; a new TPM starts with it clear, as a new swtpm process does (a
-        # volatile state blob restores its own value at power-on).  Locality 3 may clear it.
-        self._lib.locality = 3
-        self._lib.reset_established()
-        if state is not None:
-            self.set_state(state)
+        try:
+            # libtpms keeps the TPM-established flag in a global that outlives the previous
+            # TPM of this process; a new TPM starts with it clear, as a new swtpm process
+            # does (a volatile blob restores its own value at power-on).  Locality 3 may.
+            self._lib.locality = 3
+            self._lib.reset_established()
+            if state is not None:
+                self.set_state(state)
+        except TpmError:
+            self.close()  # give the process's libtpms back: this TPM never existed
+            raise
 
     def __enter__(self) -> Tpm:
         return self
