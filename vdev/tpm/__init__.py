@@ -2,7 +2,8 @@
 
 ``libtpms`` (ctypes binding) → ``engine.Tpm`` (one per process) / ``worker.TpmWorker`` (one
 per child process, same API) → ``virtio.VirtioTpm`` (the seed 002 device contract);
-``commands`` builds the few TPM commands apfs sends itself; ``config`` parses ``[[tpm]]``.
+``commands`` builds the few TPM commands apfs sends itself; ``config`` parses ``[[tpm]]``;
+``provision`` applies its manufacturing choices (PCR banks).
 """
 
 from vdev.tpm.engine import Tpm, TpmEngine, TpmState

@@ -22,7 +22,9 @@ TPM_CC_PCR_EXTEND = 0x182
 TPM_CC_GET_CAPABILITY = 0x17A
 TPM_CC_CREATE_PRIMARY = 0x131
 TPM_CC_FLUSH_CONTEXT = 0x165
+TPM_CC_PCR_ALLOCATE = 0x12B
 TPM_RH_OWNER = 0x40000001
+TPM_RH_PLATFORM = 0x4000000C
 
 TPM_SU_CLEAR = 0
 TPM_SU_STATE = 1
@@ -100,6 +102,19 @@ def pcr_select(bank: str, pcrs: list[int]) -> bytes:
             raise ValueError(f"PCR index {pcr} is outside 0..{PCR_COUNT - 1}")
         bits[pcr // 8] |= 1 << (pcr % 8)
     return struct.pack(">IHB", 1, _bank(bank)[0], PCR_SELECT_SIZE) + bytes(bits)
+
+
+def pcr_allocate(banks: list[str]) -> bytes:
+    """PCR_Allocate (platform hierarchy, empty password): all 24 PCRs in each of ``banks``,
+    none in the others.  It takes effect at the next _TPM_Init."""
+    for bank in banks:
+        _bank(bank)
+    selection = bytearray(struct.pack(">I", len(HASH_ALGS)))
+    for bank, (alg, _size) in HASH_ALGS.items():
+        bits = b"\xff\xff\xff" if bank in banks else bytes(PCR_SELECT_SIZE)
+        selection += struct.pack(">HB", alg, PCR_SELECT_SIZE) + bits
+    body = struct.pack(">I", TPM_RH_PLATFORM) + _password_auth() + bytes(selection)
+    return command(TPM_CC_PCR_ALLOCATE, body, tag=TPM_ST_SESSIONS)
 
 
 def pcr_read(bank: str, pcrs: list[int]) -> bytes:

@@ -14,9 +14,9 @@ Format::
     # ek_certificate = false           # true: provision an EK and its certificate in NV
     # profile = "default-v1"           # libtpms >= 0.10 only; refused when unsupported
 
-``pcr_banks`` and ``ek_certificate`` are what the TPM should be manufactured with; applying
-them (PCR_Allocate, EK creation and certificate) belongs to the provisioning step that comes
-with the host wiring.
+``pcr_banks`` and ``ek_certificate`` are what the TPM is manufactured with:
+:func:`vdev.tpm.provision.allocate_pcr_banks` applies the banks; EK creation and its
+certificate are not done yet.
 """
 
 from __future__ import annotations
