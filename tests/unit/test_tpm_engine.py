@@ -255,3 +255,18 @@ def test_cancel_stops_a_running_command(tpm: Tpm) -> None:
     # A cancel is no standing order: the next command runs to completion.
     handle = cmd.created_handle(ok(tpm.execute(cmd.create_primary("ecc256"))))
     ok(tpm.execute(cmd.flush_context(handle)))
+
+
+def test_buffer_size(tpm: Tpm) -> None:
+    size, low, high = tpm.buffer_size()
+    assert size == high == 4096 and 0 < low < size
+    with pytest.raises(TpmStateError, match="buffer size 3000: the TPM is powered on"):
+        tpm.buffer_size(3000)
+    tpm.power_off()
+    assert tpm.buffer_size(3000) == (3000, low, high)
+    assert tpm.buffer_size(1) == (low, low, high)  # clamped by libtpms
+    assert tpm.buffer_size(1 << 20) == (high, low, high)
+    tpm.buffer_size(3000)
+    tpm.close()
+    with Tpm() as fresh:  # a process global in libtpms: a new TPM must not inherit it
+        assert fresh.buffer_size() == (high, low, high)

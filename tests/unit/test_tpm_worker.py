@@ -72,6 +72,8 @@ def test_worker_measurements_flag_and_info(worker: TpmWorker) -> None:
     digest = hashlib.sha256(b"measured in a worker").digest()
     assert pcr(worker, "sha256", 17) == extended("sha256", bytes(32), digest)
     assert worker.info()["TPMSpecification"]["family"] == "2.0"
+    size, low, high = worker.buffer_size()
+    assert size == high == 4096 and 0 < low < size
 
 
 def test_state_moves_between_process_and_worker() -> None:
@@ -116,7 +118,7 @@ def test_a_dead_worker_is_reported() -> None:
     try:
         worker.power_on()
         os.kill(worker.pid, signal.SIGKILL)
-        with pytest.raises(TpmError, match=f"TPM worker process {worker.pid} exited") as info:
+        with pytest.raises(TpmError, match=rf"process {worker.pid} exited \(status -9\)") as info:
             worker.execute(cmd.startup())
         assert info.value.errno == errno.EIO
         with pytest.raises(TpmError, match="exited"):

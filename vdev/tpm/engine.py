@@ -53,6 +53,7 @@ class TpmEngine(Protocol):
     def reset(self) -> None: ...
     def execute(self, command: bytes, locality: int = 0) -> bytes: ...
     def cancel(self) -> None: ...
+    def buffer_size(self, wanted: int = 0) -> tuple[int, int, int]: ...
     def hash_start(self) -> None: ...
     def hash_data(self, data: bytes) -> None: ...
     def hash_end(self) -> None: ...
@@ -120,6 +121,8 @@ class Tpm:
             # does (a volatile blob restores its own value at power-on).  Locality 3 may.
             self._lib.locality = 3
             self._lib.reset_established()
+            # The I/O buffer size is such a global too; back to libtpms's maximum.
+            self._lib.set_buffer_size(self._lib.set_buffer_size(0)[2])
             if state is not None:
                 self.set_state(state)
         except TpmError:
@@ -190,6 +193,16 @@ class Tpm:
     def cancel(self) -> None:
         """Ask the running command (if any) to stop early (TPM_RC_CANCELED); never waits."""
         self._lib.cancel()
+
+    def buffer_size(self, wanted: int = 0) -> tuple[int, int, int]:
+        """The TPM's I/O buffer size as ``(size, minimum, maximum)`` (swtpm's
+        CMD_SET_BUFFERSIZE): 0 only asks; another value, clamped by libtpms to
+        minimum..maximum, is set, which is allowed while powered off only."""
+        with self._lock:
+            if wanted and self._powered:
+                raise TpmStateError(f"buffer size {wanted}: the TPM is powered on "
+                                    "(power it off first)")
+            return self._lib.set_buffer_size(wanted)
 
     # -- locality-4 measurements (TCG PC client: _TPM_Hash_Start/Data/End) --------------
 

@@ -89,6 +89,8 @@ _SIGNATURES: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
     ("TPMLIB_GetState", _TPM_RESULT, (ctypes.c_int, ctypes.POINTER(_BUF),
                                       ctypes.POINTER(ctypes.c_uint32))),
     ("TPMLIB_SetState", _TPM_RESULT, (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)),
+    ("TPMLIB_SetBufferSize", ctypes.c_uint32, (ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32),
+                                               ctypes.POINTER(ctypes.c_uint32))),
     ("TPM_IO_Hash_Start", _TPM_RESULT, ()),
     ("TPM_IO_Hash_Data", _TPM_RESULT, (ctypes.c_char_p, ctypes.c_uint32)),
     ("TPM_IO_Hash_End", _TPM_RESULT, ()),
@@ -111,7 +113,6 @@ class Libtpms:
         self._lib = lib
         self.blobs: dict[str, bytes] = {}
         self.locality = 0
-        self.physical_presence = False
         # The response buffer TPMLIB_Process reallocates as needed; kept across calls (as
         # swtpm does) and released with TPM_Free in release_response_buffer().
         self._resp = _BUF()
@@ -125,7 +126,7 @@ class Libtpms:
             _NVRAM_DELETE(self._delete),
             _IO_INIT(lambda: TPM_SUCCESS),
             _IO_LOCALITY(self._get_locality),
-            _IO_PRESENCE(self._get_presence),
+            _IO_PRESENCE(Libtpms._get_presence),
         )
 
     # -- callbacks (called by libtpms with the GIL re-acquired; never raise) ----------------
@@ -155,8 +156,10 @@ class Libtpms:
         locality[0] = self.locality
         return TPM_SUCCESS
 
-    def _get_presence(self, presence: Any, _tpm_number: int) -> int:
-        presence[0] = int(self.physical_presence)
+    @staticmethod
+    def _get_presence(presence: Any, _tpm_number: int) -> int:
+        # Physical presence is never asserted: nothing in apfs models the switch yet.
+        presence[0] = 0
         return TPM_SUCCESS
 
     # -- the library's functions ---------------------------------------------------------
@@ -222,6 +225,12 @@ class Libtpms:
         MainInit, which consumes it.  A volatile blob is checked against the permanent one
         set before it."""
         _check("TPMLIB_SetState", self._lib.TPMLIB_SetState(state_type, blob, len(blob)))
+
+    def set_buffer_size(self, wanted: int) -> tuple[int, int, int]:
+        """``TPMLIB_SetBufferSize``: 0 queries; else clamped to min..max.  (size, min, max)"""
+        low, high = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        size = self._lib.TPMLIB_SetBufferSize(wanted, ctypes.byref(low), ctypes.byref(high))
+        return size, low.value, high.value
 
     def hash_start(self) -> None:
         _check("TPM_IO_Hash_Start", self._lib.TPM_IO_Hash_Start())

@@ -101,6 +101,8 @@ def _dispatch(tpm: Tpm, op: str, args: list[codec.Value]) -> list[codec.Value]:
         return []
     if op == "info":
         return [json.dumps(tpm.info())]
+    if op == "buffer_size":
+        return list(tpm.buffer_size(*args))
     if op == "powered":
         return [tpm.powered]
     raise TpmError(errno.EINVAL, f"TPM worker: unknown request {op!r}")
@@ -180,8 +182,11 @@ class TpmWorker:
         return self._proc.pid
 
     def _exit_error(self) -> TpmError:
+        """The child closed its pipes: it has exited or is exiting; name its status."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(EXIT_TIMEOUT)
         return TpmError(errno.EIO, f"TPM worker process {self._proc.pid} exited "
-                                   f"(status {self._proc.poll()})")
+                                   f"(status {self._proc.returncode})")
 
     def _call(self, op: str, *args: codec.Value) -> list[codec.Value]:
         with self._lock:
@@ -191,9 +196,11 @@ class TpmWorker:
                 self._stdin.write(codec.frame([op, *args]))
                 self._stdin.flush()
                 reply = read_frame(self._stdout)
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:  # a malformed frame, or the pipe closed by close()
                 self._dead = TpmError(errno.EIO, f"TPM worker pipe broken: {exc}")
                 raise self._dead from exc
+            except OSError:
+                reply = None  # EPIPE: the child is gone, as at end of file
             if reply is None:
                 self._dead = self._exit_error()
                 raise self._dead
@@ -223,6 +230,11 @@ class TpmWorker:
     def cancel(self) -> None:
         if self._proc.poll() is None:
             os.kill(self._proc.pid, CANCEL_SIGNAL)
+
+    def buffer_size(self, wanted: int = 0) -> tuple[int, int, int]:
+        size, low, high = self._call("buffer_size", wanted)
+        assert isinstance(size, int) and isinstance(low, int) and isinstance(high, int)
+        return size, low, high
 
     def hash_start(self) -> None:
         self._call("hash_start")
