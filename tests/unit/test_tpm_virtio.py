@@ -11,6 +11,7 @@ import pytest
 from tests.unit.tpm_helpers import ok, require_libtpms, started
 from vdev.tpm import commands as cmd
 from vdev.tpm.engine import Tpm
+from vdev.tpm.errors import TpmStateError
 from vdev.tpm.virtio import (
     STATUS_ACKNOWLEDGE,
     STATUS_DRIVER,
@@ -114,6 +115,13 @@ def test_response_that_does_not_fit_is_a_device_error(device: VirtioTpm) -> None
     device.set_status(0)
     device.set_status(READY)
     assert device.process(1, chain(cmd.get_random(32), capacity=44)).length == 44
+
+
+def test_a_powered_off_tpm_is_the_engines_refusal(device: VirtioTpm, tpm: Tpm) -> None:
+    tpm.power_off()
+    with pytest.raises(TpmStateError, match="execute: the TPM is powered off"):
+        device.process(0, chain(cmd.get_random(8)))
+    assert not device.status & STATUS_NEEDS_RESET  # not a device error
 
 
 def test_requests_need_driver_ok(tpm: Tpm) -> None:

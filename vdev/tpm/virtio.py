@@ -15,6 +15,8 @@ Refusals: a malformed chain or a command over 4096 bytes is the driver's fault
 (:class:`VirtioError`, EINVAL, as the driver itself refuses such a command); a response that
 does not fit the writable descriptor is a device error (EPROTO, the errno the driver reports
 for an over-long used length): it sets DEVICE_NEEDS_RESET and is never truncated silently.
+The engine's own refusals (a powered-off TPM) propagate unchanged: the front end decides
+what its guest sees (swtpm answers TPM_RC_FAILURE before CMD_INIT).
 VIRTIO_ID_TPM 31 is the seed's number; upstream Linux assigned 31 to the video decoder.
 """
 
