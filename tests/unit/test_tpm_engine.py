@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import struct
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +20,7 @@ from tests.unit.tpm_helpers import (
     started,
 )
 from vdev.tpm import commands as cmd
-from vdev.tpm.engine import Tpm, TpmState
+from vdev.tpm.engine import FifoLock, Tpm, TpmState
 from vdev.tpm.errors import TpmError, TpmInUse, TpmLibraryError, TpmStateError
 
 require_libtpms()
@@ -270,3 +272,24 @@ def test_buffer_size(tpm: Tpm) -> None:
     tpm.close()
     with Tpm() as fresh:  # a process global in libtpms: a new TPM must not inherit it
         assert fresh.buffer_size() == (high, low, high)
+
+
+def test_fifo_lock_serves_in_arrival_order() -> None:
+    lock, order = FifoLock(), []
+
+    def take(n: int) -> None:
+        with lock:
+            order.append(n)
+
+    threads = []
+    with lock:
+        for n in range(5):
+            threads.append(threading.Thread(target=take, args=(n,)))
+            threads[-1].start()
+            # Queued before the next one starts (bounded wait, no timing asserted).
+            deadline = time.monotonic() + 10
+            while len(lock._waiters) <= n and time.monotonic() < deadline:
+                time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3, 4]

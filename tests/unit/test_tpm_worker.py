@@ -128,6 +128,13 @@ def test_a_dead_worker_is_reported() -> None:
         worker.close()
 
 
+def test_a_closed_worker_says_so() -> None:
+    worker = TpmWorker()
+    worker.close()
+    with pytest.raises(TpmError, match=rf"TPM worker process {worker.pid} is closed"):
+        worker.power_on()
+
+
 def test_codec_round_trip_and_malformed_frames() -> None:
     values: list[codec.Value] = ["execute", b"\x80\x01", 4, -1, True, False, None, "é"]
     data = codec.frame(values)

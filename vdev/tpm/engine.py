@@ -15,6 +15,7 @@ ctypes releases the GIL meanwhile.
 
 from __future__ import annotations
 
+import collections
 import errno
 import threading
 from dataclasses import dataclass
@@ -66,23 +67,33 @@ class TpmEngine(Protocol):
 
 
 class FifoLock:
-    """A lock granted in the order it was asked for (``threading.Lock`` promises no order)."""
+    """A lock granted in the order it was asked for (``threading.Lock`` promises no order).
+
+    Uncontended it costs two plain lock round trips; a waiter sleeps on a lock of its own
+    that the holder releases to hand over (a Condition costs ~3 µs even uncontended).
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._next_ticket = 0
-        self._serving = 0
+        self._mutex = threading.Lock()
+        self._busy = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
 
     def __enter__(self) -> None:
-        with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._cond.wait_for(lambda: self._serving == ticket)
+        with self._mutex:
+            if not self._busy:
+                self._busy = True
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()  # released by the holder's __exit__: the lock is ours now
 
     def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # hand over; _busy stays set
+            else:
+                self._busy = False
 
 
 _owner_lock = threading.Lock()

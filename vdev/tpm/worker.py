@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from vdev.tpm import codec
 from vdev.tpm.engine import FifoLock, Tpm, TpmState
@@ -41,28 +41,40 @@ _PLAIN_CALLS = frozenset({
     "established", "reset_established",
 })
 EXIT_TIMEOUT = 5.0
+READ_SIZE = 1 << 16
 CANCEL_SIGNAL = signal.SIGUSR1
 # The child's program (not ``-m vdev.tpm.worker``, which would import this module twice).
 _CHILD = "import sys; from vdev.tpm.worker import main; sys.exit(main())"
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    """``size`` bytes, or None at end of file (a short tail is end of file too)."""
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+class FramePipe:
+    """Frames over a pair of file descriptors with plain ``os.read``/``os.write``: one system
+    call per frame each way in the usual case (buffered file objects make two or three)."""
 
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._buffer = bytearray()
 
-def read_frame(stream: BinaryIO) -> list[codec.Value] | None:
-    header = _read_exact(stream, codec.LENGTH.size)
-    if header is None:
-        return None
-    body = _read_exact(stream, codec.frame_length(header))
-    return None if body is None else codec.values(body)
+    def send(self, values: list[codec.Value]) -> None:
+        data = memoryview(codec.frame(values))
+        while data:
+            data = data[os.write(self._write_fd, data):]
+
+    def receive(self) -> list[codec.Value] | None:
+        """The next frame's values, or None at end of file (a cut-off frame is end of file:
+        the peer is gone).  ``ValueError`` for a malformed frame."""
+        while True:
+            if len(self._buffer) >= codec.LENGTH.size:
+                end = codec.LENGTH.size + codec.frame_length(self._buffer[:codec.LENGTH.size])
+                if len(self._buffer) >= end:
+                    body = bytes(self._buffer[codec.LENGTH.size:end])
+                    del self._buffer[:end]
+                    return codec.values(body)
+            chunk = os.read(self._read_fd, READ_SIZE)
+            if not chunk:
+                return None
+            self._buffer += chunk
 
 
 # -- errors across the pipe ---------------------------------------------------------------
@@ -117,29 +129,25 @@ def _cancel_on_signal(tpm: Tpm) -> None:
 def main() -> int:
     """The child: one Tpm, requests from stdin, replies on stdout (first a hello)."""
     # Keep stdout for frames: anything libtpms or Python prints goes to stderr instead.
-    out = os.fdopen(os.dup(1), "wb")
+    pipe = FramePipe(0, os.dup(1))
     os.dup2(2, 1)
-    stdin = sys.stdin.buffer
     # Blocked in every thread, so only the sigwait() below receives it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {CANCEL_SIGNAL})
     try:
         tpm = Tpm()
     except Exception as exc:
-        out.write(codec.frame(_error_values(exc)))
-        out.flush()
+        pipe.send(_error_values(exc))
         return 1
     threading.Thread(target=_cancel_on_signal, args=(tpm,), daemon=True).start()
-    out.write(codec.frame(["ok"]))
-    out.flush()
+    pipe.send(["ok"])
     try:
-        while (request := read_frame(stdin)) is not None:
+        while (request := pipe.receive()) is not None:
             op, *args = request
             try:
                 reply = ["ok", *_dispatch(tpm, str(op), args)]
             except Exception as exc:
                 reply = _error_values(exc)
-            out.write(codec.frame(reply))
-            out.flush()
+            pipe.send(reply)
     finally:
         tpm.close()
     return 0
@@ -157,13 +165,14 @@ class TpmWorker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=env, close_fds=True)
+            stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._stdin: BinaryIO = self._proc.stdin
-        self._stdout: BinaryIO = self._proc.stdout
+        self._stdin = self._proc.stdin
+        self._stdout = self._proc.stdout
+        self._pipe = FramePipe(self._stdout.fileno(), self._stdin.fileno())
         self._lock = FifoLock()
         self._dead: TpmError | None = None
-        hello = read_frame(self._stdout)
+        hello = self._pipe.receive()
         if hello != ["ok"]:
             self.close()
             raise (_error(hello[1:]) if hello else self._exit_error())
@@ -193,10 +202,9 @@ class TpmWorker:
             if self._dead is not None:
                 raise self._dead
             try:
-                self._stdin.write(codec.frame([op, *args]))
-                self._stdin.flush()
-                reply = read_frame(self._stdout)
-            except ValueError as exc:  # a malformed frame, or the pipe closed by close()
+                self._pipe.send([op, *args])
+                reply = self._pipe.receive()
+            except ValueError as exc:  # a malformed frame
                 self._dead = TpmError(errno.EIO, f"TPM worker pipe broken: {exc}")
                 raise self._dead from exc
             except OSError:
@@ -266,14 +274,14 @@ class TpmWorker:
 
     def close(self) -> None:
         """End the child (it closes its TPM at end of input); idempotent."""
-        if self._proc.poll() is None:
-            # An OSError means the child is gone already: nothing to tell it.
-            with contextlib.suppress(OSError):
-                self._stdin.close()
-            try:
-                self._proc.wait(EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._dead = self._dead or TpmError(errno.EIO,
+                                            f"TPM worker process {self._proc.pid} is closed")
+        # An OSError means the child is gone already: nothing to tell it.
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self._proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         self._stdout.close()
-
