@@ -35,7 +35,6 @@ TPM_RETRY = 0x800
 # enum TPMLIB_StateType; the names libtpms passes to the NVRAM callbacks for each.
 STATE_PERMANENT = 1
 STATE_VOLATILE = 2
-STATE_SAVE_STATE = 4
 BLOB_PERMANENT = "permall"
 BLOB_VOLATILE = "volatilestate"
 

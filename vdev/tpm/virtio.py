@@ -33,7 +33,6 @@ from vdev.tpm.engine import TpmEngine
 VIRTIO_ID_TPM = 31
 TPM_BUFSIZE = 4096
 NUM_QUEUES = 1
-QUEUE_NAME = "vtpm"
 
 # Device status bits (virtio 1.1 §2.1).
 STATUS_ACKNOWLEDGE = 1
@@ -41,7 +40,6 @@ STATUS_DRIVER = 2
 STATUS_DRIVER_OK = 4
 STATUS_FEATURES_OK = 8
 STATUS_NEEDS_RESET = 0x40
-STATUS_FAILED = 0x80
 
 VIRTIO_F_VERSION_1 = 32
 DEVICE_FEATURES = 1 << VIRTIO_F_VERSION_1  # the seed's driver asks for no device feature
