@@ -13,8 +13,10 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # pyfuse3 is an sdist: it builds against libfuse3 with pkg-config and a C compiler;
 # fuse3 brings fusermount3; uuid-runtime brings uuidgen (the seed's `uuidgen > create`);
-# mdevctl (Debian 12: 1.2.0, with udev) is what the interop tests drive through `apfs run`.
-PACKAGES=(fuse3 libfuse3-dev pkg-config uuid-runtime gcc python3-venv python3-dev mdevctl)
+# mdevctl (Debian 12: 1.2.0, with udev) is what the interop tests drive through `apfs run`;
+# libtpms0 is the TPM 2.0 behind vdev.tpm (loaded with ctypes).
+PACKAGES=(fuse3 libfuse3-dev pkg-config uuid-runtime gcc python3-venv python3-dev mdevctl
+          libtpms0)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,0 +1,203 @@
+"""TPM 2.0 wire format: the header, and the few commands the emulator itself sends.
+
+Front ends pass guests' commands through untouched; these builders are for what apfs sends on
+its own (PCR reads behind ``pcr-<bank>/N``, Startup after a power-on, benchmarks, tests).
+All integers are big-endian as in TPM 2.0 Part 1.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER_SIZE = 10
+TPM_ST_NO_SESSIONS = 0x8001
+TPM_ST_SESSIONS = 0x8002
+TPM_RS_PW = 0x40000009
+
+TPM_CC_STARTUP = 0x144
+TPM_CC_SHUTDOWN = 0x145
+TPM_CC_GET_RANDOM = 0x17B
+TPM_CC_PCR_READ = 0x17E
+TPM_CC_PCR_EXTEND = 0x182
+TPM_CC_GET_CAPABILITY = 0x17A
+TPM_CC_CREATE_PRIMARY = 0x131
+TPM_CC_FLUSH_CONTEXT = 0x165
+TPM_CC_PCR_ALLOCATE = 0x12B
+TPM_RH_OWNER = 0x40000001
+TPM_RH_PLATFORM = 0x4000000C
+
+TPM_SU_CLEAR = 0
+TPM_SU_STATE = 1
+
+TPM_RC_SUCCESS = 0
+TPM_RC_INITIALIZE = 0x100
+TPM_RC_COMMAND_SIZE = 0x142
+TPM_RC_COMMAND_CODE = 0x143
+TPM_RC_LOCALITY = 0x907
+TPM_RC_CANCELED = 0x909
+
+TPM_CAP_PCRS = 5
+TPM_CAP_TPM_PROPERTIES = 6
+TPM_PT_FIXED = 0x100
+
+# TPM_ALG_ID of the PCR banks a TPM 2.0 may allocate, with their digest sizes.
+HASH_ALGS: dict[str, tuple[int, int]] = {
+    "sha1": (0x0004, 20),
+    "sha256": (0x000B, 32),
+    "sha384": (0x000C, 48),
+    "sha512": (0x000D, 64),
+}
+PCR_COUNT = 24
+PCR_SELECT_SIZE = 3
+
+
+def command(code: int, body: bytes = b"", tag: int = TPM_ST_NO_SESSIONS) -> bytes:
+    """A complete command: header (tag, size, code) then ``body``."""
+    return struct.pack(">HII", tag, HEADER_SIZE + len(body), code) + body
+
+
+def response_code(response: bytes) -> int:
+    """The response's return code; ``ValueError`` if shorter than a header."""
+    if len(response) < HEADER_SIZE:
+        raise ValueError(f"TPM response of {len(response)} bytes is shorter than its header")
+    return struct.unpack_from(">I", response, 6)[0]
+
+
+def response_size(response: bytes) -> int:
+    """The size field of a response header (what a well-formed response's length equals)."""
+    if len(response) < HEADER_SIZE:
+        raise ValueError(f"TPM response of {len(response)} bytes is shorter than its header")
+    return struct.unpack_from(">I", response, 2)[0]
+
+
+def startup(su: int = TPM_SU_CLEAR) -> bytes:
+    return command(TPM_CC_STARTUP, struct.pack(">H", su))
+
+
+def shutdown(su: int = TPM_SU_CLEAR) -> bytes:
+    return command(TPM_CC_SHUTDOWN, struct.pack(">H", su))
+
+
+def get_random(count: int) -> bytes:
+    return command(TPM_CC_GET_RANDOM, struct.pack(">H", count))
+
+
+def get_capability(capability: int, prop: int, count: int) -> bytes:
+    return command(TPM_CC_GET_CAPABILITY, struct.pack(">III", capability, prop, count))
+
+
+def _bank(bank: str) -> tuple[int, int]:
+    try:
+        return HASH_ALGS[bank]
+    except KeyError:
+        raise ValueError(f"unknown PCR bank {bank!r} (known: {', '.join(HASH_ALGS)})") from None
+
+
+def pcr_select(bank: str, pcrs: list[int]) -> bytes:
+    """A TPML_PCR_SELECTION of one bank."""
+    bits = bytearray(PCR_SELECT_SIZE)
+    for pcr in pcrs:
+        if not 0 <= pcr < PCR_COUNT:
+            raise ValueError(f"PCR index {pcr} is outside 0..{PCR_COUNT - 1}")
+        bits[pcr // 8] |= 1 << (pcr % 8)
+    return struct.pack(">IHB", 1, _bank(bank)[0], PCR_SELECT_SIZE) + bytes(bits)
+
+
+def pcr_allocate(banks: list[str]) -> bytes:
+    """PCR_Allocate (platform hierarchy, empty password): all 24 PCRs in each of ``banks``,
+    none in the others.  It takes effect at the next _TPM_Init."""
+    for bank in banks:
+        _bank(bank)
+    selection = bytearray(struct.pack(">I", len(HASH_ALGS)))
+    for bank, (alg, _size) in HASH_ALGS.items():
+        bits = b"\xff\xff\xff" if bank in banks else bytes(PCR_SELECT_SIZE)
+        selection += struct.pack(">HB", alg, PCR_SELECT_SIZE) + bits
+    body = struct.pack(">I", TPM_RH_PLATFORM) + _password_auth() + bytes(selection)
+    return command(TPM_CC_PCR_ALLOCATE, body, tag=TPM_ST_SESSIONS)
+
+
+def pcr_read(bank: str, pcrs: list[int]) -> bytes:
+    return command(TPM_CC_PCR_READ, pcr_select(bank, pcrs))
+
+
+def parse_pcr_read(response: bytes) -> list[bytes]:
+    """The digests of a successful PCR_Read response, in PCR order (at most 8 per call)."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"PCR_Read failed with TPM response code {rc:#x}")
+    offset = HEADER_SIZE + 4  # pcrUpdateCounter
+    (count,) = struct.unpack_from(">I", response, offset)
+    offset += 4
+    for _ in range(count):  # the selection actually read
+        size = response[offset + 2]
+        offset += 3 + size
+    (count,) = struct.unpack_from(">I", response, offset)
+    offset += 4
+    digests = []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">H", response, offset)
+        digests.append(response[offset + 2:offset + 2 + size])
+        offset += 2 + size
+    return digests
+
+
+def _password_auth() -> bytes:
+    """An authorization area: the password session with an empty password."""
+    auth = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)  # handle, nonce, attributes, hmac
+    return struct.pack(">I", len(auth)) + auth
+
+
+# TPMA_OBJECT of tpm2_createprimary's default: fixedTPM, fixedParent, sensitiveDataOrigin,
+# userWithAuth, restricted, decrypt (a storage key).
+STORAGE_KEY_ATTRIBUTES = 0x00030072
+# TPMT_SYM_DEF_OBJECT AES-128-CFB, the storage keys' symmetric algorithm.
+_AES128_CFB = struct.pack(">HHH", 0x0006, 128, 0x0043)
+_TPM_ALG_NULL = 0x0010
+TPM_ECC_NIST_P256 = 0x0003
+
+
+def create_primary(key: str) -> bytes:
+    """CreatePrimary under the owner hierarchy of tpm2_createprimary's default template:
+    ``key`` is ``rsa2048``/``rsa3072`` or ``ecc256`` (NIST P-256)."""
+    if key.startswith("rsa") and key[3:] in ("1024", "2048", "3072"):
+        # TPMS_RSA_PARMS: symmetric, scheme NULL, keyBits, exponent 0 (65537); unique empty
+        params = struct.pack(">HHI", _TPM_ALG_NULL, int(key[3:]), 0) + struct.pack(">H", 0)
+        alg = 0x0001
+    elif key == "ecc256":
+        # TPMS_ECC_PARMS: symmetric, scheme NULL, curve, kdf NULL; unique x and y empty
+        params = struct.pack(">HHH", _TPM_ALG_NULL, TPM_ECC_NIST_P256, _TPM_ALG_NULL)
+        params += struct.pack(">HH", 0, 0)
+        alg = 0x0023
+    else:
+        raise ValueError(f"unknown primary key {key!r} (rsa1024, rsa2048, rsa3072, ecc256)")
+    public = struct.pack(">HHIH", alg, HASH_ALGS["sha256"][0], STORAGE_KEY_ATTRIBUTES, 0)
+    public += _AES128_CFB + params
+    body = struct.pack(">I", TPM_RH_OWNER) + _password_auth()
+    body += struct.pack(">HHH", 4, 0, 0)  # inSensitive: empty userAuth and data
+    body += struct.pack(">H", len(public)) + public
+    body += struct.pack(">HI", 0, 0)  # outsideInfo, creationPCR: empty
+    return command(TPM_CC_CREATE_PRIMARY, body, tag=TPM_ST_SESSIONS)
+
+
+def created_handle(response: bytes) -> int:
+    """The object handle of a successful CreatePrimary response."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"CreatePrimary failed with TPM response code {rc:#x}")
+    return struct.unpack_from(">I", response, HEADER_SIZE)[0]
+
+
+def flush_context(handle: int) -> bytes:
+    return command(TPM_CC_FLUSH_CONTEXT, struct.pack(">I", handle))
+
+
+def pcr_extend(pcr: int, digests: dict[str, bytes]) -> bytes:
+    """PCR_Extend of ``pcr`` with one digest per bank, authorised by an empty password."""
+    values = bytearray(struct.pack(">I", len(digests)))
+    for bank, digest in digests.items():
+        alg, size = _bank(bank)
+        if len(digest) != size:
+            raise ValueError(f"{bank} digest of {len(digest)} bytes, expected {size}")
+        values += struct.pack(">H", alg) + digest
+    body = struct.pack(">I", pcr) + _password_auth() + bytes(values)
+    return command(TPM_CC_PCR_EXTEND, body, tag=TPM_ST_SESSIONS)

@@ -1,0 +1,157 @@
+"""The virtio TPM device: the device side of the seed 002 guest driver (``tpm_virtio.c``).
+
+Contract (the driver's header comment): one virtqueue; each request is a descriptor chain of
+exactly one device-readable descriptor (the TPM command) followed by one device-writable
+descriptor (the response buffer, the driver's 4096-byte ``virtqueue_buffer``).  The device
+executes the command synchronously, writes the response into the second descriptor and puts
+the chain on the used ring with the number of bytes written.
+
+Sans-IO: a chain arrives as :class:`Descriptor` values (the readable one carries the guest's
+bytes), :meth:`VirtioTpm.process` returns a :class:`Used` element (head, length, the bytes to
+write).  Whoever moves bytes to and from guest memory, or plays the guest (the /dev nodes and
+the socket front ends), goes through it.
+
+Refusals: a malformed chain or a command over 4096 bytes is the driver's fault
+(:class:`VirtioError`, EINVAL, as the driver itself refuses such a command); a response that
+does not fit the writable descriptor is a device error (EPROTO, the errno the driver reports
+for an over-long used length): it sets DEVICE_NEEDS_RESET and is never truncated silently.
+The engine's own refusals (a powered-off TPM) propagate unchanged: the front end decides
+what its guest sees (swtpm answers TPM_RC_FAILURE before CMD_INIT).
+VIRTIO_ID_TPM 31 is the seed's number; upstream Linux assigned 31 to the video decoder.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vdev.errors import DeviceError
+from vdev.tpm import commands
+from vdev.tpm.engine import TpmEngine
+
+VIRTIO_ID_TPM = 31
+TPM_BUFSIZE = 4096
+NUM_QUEUES = 1
+
+# Device status bits (virtio 1.1 §2.1).
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_NEEDS_RESET = 0x40
+
+VIRTIO_F_VERSION_1 = 32
+DEVICE_FEATURES = 1 << VIRTIO_F_VERSION_1  # the seed's driver asks for no device feature
+
+
+class VirtioError(DeviceError):
+    """A refused virtqueue request or status change; ``errno`` as the guest driver sees it."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """One descriptor of a chain: ``writable`` is VRING_DESC_F_WRITE (device writes into it);
+    ``length`` its buffer size; ``data`` the guest's bytes for a readable descriptor."""
+
+    writable: bool
+    length: int
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class Used:
+    """A used-ring element: the chain's ``head`` index, the ``length`` written, and the
+    ``response`` bytes to copy into the writable descriptor."""
+
+    head: int
+    length: int
+    response: bytes
+
+
+class VirtioTpm:
+    """A virtio TPM device in front of a TPM engine (in process or in a worker)."""
+
+    device_id = VIRTIO_ID_TPM
+    num_queues = NUM_QUEUES
+
+    def __init__(self, tpm: TpmEngine) -> None:
+        self.tpm = tpm
+        self.status = 0
+        self.driver_features = 0
+
+    @property
+    def device_features(self) -> int:
+        return DEVICE_FEATURES
+
+    def features_text(self) -> str:
+        """sysfs ``features``: one ``0``/``1`` per feature bit, bit 0 first, 64 bits."""
+        return "".join("1" if self.driver_features >> bit & 1 else "0" for bit in range(64))
+
+    def set_driver_features(self, features: int) -> None:
+        """The driver's feature acknowledgement (before FEATURES_OK)."""
+        unknown = features & ~DEVICE_FEATURES
+        if unknown:
+            raise VirtioError(errno.EINVAL,
+                              f"driver features {features:#x}: bits {unknown:#x} are not offered "
+                              f"(device features {DEVICE_FEATURES:#x})")
+        if self.status & STATUS_FEATURES_OK:
+            raise VirtioError(errno.EBUSY,
+                              f"driver features {features:#x}: FEATURES_OK is already set")
+        self.driver_features = features
+
+    def set_status(self, status: int) -> None:
+        """The driver writes the status byte; 0 resets the device (virtio §2.1.2)."""
+        if not 0 <= status <= 0xFF:
+            raise VirtioError(errno.EINVAL, f"status {status:#x} is not a byte")
+        if status == 0:
+            self.reset()
+            return
+        self.status = status | (self.status & STATUS_NEEDS_RESET)
+
+    def reset(self) -> None:
+        self.status = 0
+        self.driver_features = 0
+
+    def process(self, head: int, chain: Sequence[Descriptor]) -> Used:
+        """Serve one request chain; raise before anything is executed if it is malformed."""
+        if not self.status & STATUS_DRIVER_OK:
+            raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
+                                         f"(status {self.status:#x})")
+        if self.status & STATUS_NEEDS_RESET:
+            raise VirtioError(errno.EIO, f"chain {head}: the device needs a reset after an "
+                                         "earlier device error")
+        command, capacity = self._split(head, chain)
+        response = self.tpm.execute(command)
+        if len(response) > capacity:
+            self.status |= STATUS_NEEDS_RESET
+            raise VirtioError(errno.EPROTO,
+                              f"chain {head}: TPM response of {len(response)} bytes does not fit "
+                              f"the {capacity}-byte response descriptor (device error, "
+                              "not truncated)")
+        if len(response) < commands.HEADER_SIZE or \
+                commands.response_size(response) != len(response):
+            self.status |= STATUS_NEEDS_RESET
+            raise VirtioError(errno.EPROTO,
+                              f"chain {head}: TPM response of {len(response)} bytes does not "
+                              "match its header's size field (device error)")
+        return Used(head, len(response), response)
+
+    @staticmethod
+    def _split(head: int, chain: Sequence[Descriptor]) -> tuple[bytes, int]:
+        """The command and the response capacity of a well-formed chain."""
+        if len(chain) != 2 or chain[0].writable or not chain[1].writable:
+            shape = ", ".join("in" if d.writable else "out" for d in chain) or "empty"
+            raise VirtioError(errno.EINVAL,
+                              f"chain {head}: expected one out descriptor (the command) then "
+                              f"one in descriptor (the response buffer), got [{shape}]")
+        out, into = chain
+        if len(out.data) != out.length:
+            raise VirtioError(errno.EINVAL,
+                              f"chain {head}: out descriptor of length {out.length} carries "
+                              f"{len(out.data)} bytes")
+        if out.length > TPM_BUFSIZE:
+            raise VirtioError(errno.EINVAL,
+                              f"chain {head}: command of {out.length} bytes exceeds "
+                              f"TPM_BUFSIZE {TPM_BUFSIZE}")
+        return out.data, into.length
