@@ -82,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(ready_fd, f"--log {args.log}: cannot open it: {exc.strerror}")
     mounted = False
     try:
-        host = build_host(args.config)
+        host = build_host(args.config, args.flavor)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal)
         pyfuse3.init(ops, mountpoint, mount_options())

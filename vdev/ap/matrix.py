@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import errno
 import string
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from vdev.ap import bitmap
-from vdev.ap.bus import ApBus, Attr, Queue, apqn_name
+from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtoul
@@ -68,6 +68,25 @@ def _parse_uuid(text: str) -> str:
             raise DeviceError(errno.EINVAL, f"create: {uuid!r} is not a UUID "
                               f"(expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx in hex)")
     return uuid.lower()
+
+
+def new_uuid(text: str, existing: Collection[str], max_instances: int) -> str:
+    """mdev core ``create``: EINVAL bad UUID, EEXIST duplicate, EUSERS none left."""
+    uuid = _parse_uuid(text)
+    if uuid in existing:
+        raise DeviceError(errno.EEXIST, f"create: mdev {uuid} already exists")
+    if len(existing) >= max_instances:
+        raise DeviceError(errno.EUSERS, f"create: no instances left "
+                          f"(all {max_instances} in use)")
+    return uuid
+
+
+def remove_requested(text: str) -> bool:
+    """mdev core ``remove``: ``kstrtoul(buf, 0)``, any parse failure EINVAL, 0 = no-op."""
+    try:
+        return kstrtoul(text, 0, name="remove") != 0
+    except DeviceError as exc:
+        raise DeviceError(errno.EINVAL, exc.message) from None
 
 
 @dataclass(frozen=True)
@@ -173,13 +192,8 @@ class MatrixMdev:
         self.adm &= ~(1 << self._parse("unassign_control_domain", text, "domain"))
 
     def store_remove(self, text: str) -> None:
-        """mdev core ``remove``: ``kstrtoul(buf, 0)``, any parse failure EINVAL, 0 = no-op."""
         self._check_alive("remove")
-        try:
-            value = kstrtoul(text, 0, name="remove")
-        except DeviceError as exc:
-            raise DeviceError(errno.EINVAL, exc.message) from None
-        if value:
+        if remove_requested(text):
             self.matrix._remove(self)
 
     def show_adapters(self) -> str:
@@ -225,7 +239,7 @@ class ApMatrix:
         self.guests: dict[str, GuestView] = {}
         self._owner: dict[Apqn, MatrixMdev] = {}
         self._in_use: dict[Apqn, str] = {}
-        bus.status_of = self._queue_status
+        bus.passthrough_ops = _MatrixOps(self)
 
     # -- the mdev type ---------------------------------------------------------------------
 
@@ -243,12 +257,7 @@ class ApMatrix:
 
     def create(self, text: str) -> MatrixMdev:
         """``uuidgen > create``: EINVAL bad UUID, EEXIST duplicate, EUSERS none left."""
-        uuid = _parse_uuid(text)
-        if uuid in self.mdevs:
-            raise DeviceError(errno.EEXIST, f"create: mdev {uuid} already exists")
-        if len(self.mdevs) >= self.max_instances:
-            raise DeviceError(errno.EUSERS, f"create: no instances left "
-                              f"(all {self.max_instances} in use)")
+        uuid = new_uuid(text, self.mdevs.keys(), self.max_instances)
         mdev = MatrixMdev(self, uuid)
         self.mdevs[uuid] = mdev
         return mdev
@@ -317,10 +326,17 @@ class ApMatrix:
         del self.mdevs[mdev.uuid]
         mdev.alive = False
 
-    def _queue_status(self, queue: Queue) -> str:
+
+class _MatrixOps(PassthroughOps):
+    """vfio_ap_matrix's callbacks: only ``status`` (the 2017 bus has no masks to check)."""
+
+    def __init__(self, matrix: ApMatrix) -> None:
+        self.matrix = matrix
+
+    def status_of(self, queue: Queue) -> str:
         apqn = (queue.adapter, queue.domain)
-        if apqn in self._in_use:
+        if apqn in self.matrix._in_use:
             return "in use\n"
-        if apqn in self._owner:
+        if apqn in self.matrix._owner:
             return "assigned\n"
         return "unassigned\n"
