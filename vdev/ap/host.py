@@ -17,6 +17,7 @@ integers are taken as written, so ``id = 5`` and ``id = "05"`` are the same card
     # max_adapter_id = "ff"              # ap_max_adapter_id (QCI Na); default 0xff
     # max_domain_id = "ff"               # ap_max_domain_id (QCI Nd); default 0xff
     #                                    # without APXA in features: 0x3f and 0x0f, fixed
+    # mdev_instances = 65536             # available_instances of the mdev type at boot
     # apmask = "-0x5"                    # vfio_ap only: initial /sys/bus/ap/apmask and
     # aqmask = "-4,-0xab"                # aqmask, as the ap.apmask= kernel parameter takes
     #                                    # them (absolute 0x... or +N,-M relative to all ones)
@@ -54,6 +55,8 @@ from vdev.ap.cardtypes import CARD_TYPES
 
 MAX_ID = 0xFF
 FLAVORS = ("ap_matrix", "vfio_ap")
+MDEV_INSTANCES = 65536
+"""How many mediated devices the passthrough driver allows (its ``available_instances``)."""
 NO_APXA_MAX_ADAPTER_ID = 63
 NO_APXA_MAX_DOMAIN_ID = 15
 """Without the APXA facility the AP instructions address 64 adapters and 16 domains."""
@@ -100,6 +103,7 @@ class HostConfig:
     chkstopped: frozenset[int] = frozenset()
     bindings: dict[str, str] = field(default_factory=dict)
     flavor: str = "ap_matrix"
+    mdev_instances: int = MDEV_INSTANCES
     apmask: int = bitmap.ALL
     aqmask: int = bitmap.ALL
 
@@ -162,7 +166,7 @@ class HostConfig:
         host = doc.get("host", {})
         _only_keys("[host]", host, ("domains", "control_domains", "max_adapter_id",
                                     "max_domain_id", "ap_domain", "interrupts", "features",
-                                    "flavor", "apmask", "aqmask"))
+                                    "flavor", "mdev_instances", "apmask", "aqmask"))
         cards: dict[int, str] = {}
         deconfigured: set[int] = set()
         chkstopped: set[int] = set()
@@ -206,6 +210,8 @@ class HostConfig:
             chkstopped=frozenset(chkstopped),
             bindings=dict(bindings),
             flavor=flavor or str(host.get("flavor", "ap_matrix")),
+            mdev_instances=_parse_count("host.mdev_instances",
+                                        host.get("mdev_instances", MDEV_INSTANCES)),
             apmask=_parse_mask("host.apmask", host.get("apmask")),
             aqmask=_parse_mask("host.aqmask", host.get("aqmask")),
         )
@@ -246,6 +252,12 @@ def _parse_id(key: str, value: Any) -> int:
             raise ValueError(f"{key}: {digits!r} is not a hexadecimal id") from None
     if not 0 <= value <= MAX_ID:
         raise ValueError(f"{key}: {value:#x} is outside 0x00..0xff")
+    return value
+
+
+def _parse_count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MDEV_INSTANCES:
+        raise ValueError(f"{key}: {value!r} is not a number from 0 to {MDEV_INSTANCES}")
     return value
 
 

@@ -45,7 +45,6 @@ from vdev.kparse import kstrtoul
 MDEV_TYPE = "ap_matrix-passthrough"
 TYPE_NAME = "VFIO AP Passthrough Device"
 DEVICE_API = "vfio-ap"
-MAX_INSTANCES = 65536
 UUID_LEN = 36
 _UUID_DASHES = (8, 13, 18, 23)
 _HEX = frozenset(string.hexdigits)
@@ -232,9 +231,9 @@ class ApMatrix:
         Attr("available_instances", 0o444),
     )
 
-    def __init__(self, bus: ApBus, *, max_instances: int = MAX_INSTANCES) -> None:
+    def __init__(self, bus: ApBus, *, max_instances: int | None = None) -> None:
         self.bus = bus
-        self.max_instances = max_instances
+        self.max_instances = bus.config.mdev_instances if max_instances is None else max_instances
         self.mdevs: dict[str, MatrixMdev] = {}
         self.guests: dict[str, GuestView] = {}
         self._owner: dict[Apqn, MatrixMdev] = {}

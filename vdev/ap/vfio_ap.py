@@ -38,7 +38,6 @@ from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
 from vdev.ap.matrix import (
     DEVICE_API,
-    MAX_INSTANCES,
     TYPE_NAME,
     Apqn,
     GuestView,
@@ -262,11 +261,11 @@ class VfioAp:
         Attr("available_instances", 0o444),
     )
 
-    def __init__(self, bus: ApBus, *, max_instances: int = MAX_INSTANCES) -> None:
+    def __init__(self, bus: ApBus, *, max_instances: int | None = None) -> None:
         if not bus.flavor.masks:
             raise ValueError("the vfio_ap flavor needs a bus with apmask/aqmask")
         self.bus = bus
-        self.max_instances = max_instances
+        self.max_instances = bus.config.mdev_instances if max_instances is None else max_instances
         config = bus.config
         # QCI: what the host's AP configuration has; assignments beyond it are allowed
         # (over-provisioning) but filtered out of the guest matrix.
