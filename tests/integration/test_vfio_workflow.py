@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Mount, apfs, unmount
-from helpers import UUID_RE, bound
+from helpers import REPO, UUID_RE, bound
 
 from vdev.ap import bitmap
 from vdev.ap.host import DEFAULT_HOST_TOML
@@ -146,3 +146,15 @@ def test_flavor_option_and_its_tree(tmp_path: Path) -> None:
         unmount(mnt)
     refused = apfs("mount", "--flavor", "upstream", str(root))
     assert refused.returncode == 2 and "'upstream' is not a flavor" in refused.stderr
+
+
+def test_upstream_workflow_script(mount_factory: Callable[..., Mount]) -> None:
+    """scripts/upstream-workflow.sh (what main-job.sh runs) ends with the rewritten matrix."""
+    mnt = mount_factory(VFIO_HOST)
+    script = REPO / "scripts" / "upstream-workflow.sh"
+    result = mnt.bash(f'bash "{script}" "$SYS"')
+    assert (result.returncode, result.stderr) == (0, ""), result
+    out = result.stdout.splitlines()
+    assert out[-7:-2] == ["+ cat guest_matrix", "05.0004", "05.0047", "05.00ab", "05.00ff"]
+    uuid1 = out[-2].removeprefix("uuid1=")
+    assert mnt.read(f"sys/{MATRIX}/{uuid1}/control_domains") == ""
