@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from tests.unit.ap_shell import VFIO_MATRIX, VFIO_TYPE_DIR, VfioShell
-from vdev.ap import bitmap
+from vdev.ap import Queue, bitmap
 from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
 from vdev.errors import DeviceError
 
@@ -27,7 +27,7 @@ def refused(errno_value: int, sh: VfioShell, value: str, path: str) -> DeviceErr
 
 
 def bound(sh: VfioShell, driver: str) -> list[str]:
-    return [n for n in sh.bus.drivers[driver].device_names() if "." in n]
+    return sorted(n for n in sh.bus.drivers[driver].devices if "." in n)
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_masks_start_all_ones_and_reserve_queues_for_vfio_ap() -> None:
                                        "06.00ab"]
     assert bound(shell, "cex4queue") == ["06.0047", "06.00ff"]
     queue = shell.bus.devices["06.0004"]
-    assert [a.name for a in queue.attrs()][-1] == "status"
+    assert [a.name for a in Queue.ATTRS if a.present(queue)][-1] == "status"
     assert shell.cat("/sys/devices/ap/card06/06.0004/request_count") == "-\n"
     assert shell.cat("/sys/devices/ap/card06/06.0004/status") == "unassigned\n"
     shell.echo("0x" + "f" * 64, f"{AP}/apmask")  # absolute: adapter 5 back to the host,
