@@ -29,7 +29,8 @@ returning APQNs to the host while an mdev holds them is refused with EBUSY, aske
 passthrough driver's ``in_use`` callback.
 
 Scale: 256 adapters x 256 domains are 65,536 queues; devices use ``__slots__``, lookups are
-dict hits, and no store scans more than one card's queues.
+dict hits, and no store scans more than one card's queues, except a mask write, which visits
+the queues of the ids it changes.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ class Attr(NamedTuple):
         """Whether the file exists on ``device`` under its current binding (or bus flavor)."""
         if self.presence is Presence.ALWAYS:
             return True
+        if self.presence is Presence.MASKS:
+            return isinstance(device, ApBus) and device.flavor.masks
         if isinstance(device, ApBus):
-            return device.flavor.masks
+            return False
         if self.presence is Presence.HOST:
             return device.has_host_attrs
         return device.has_status
@@ -790,17 +793,23 @@ class ApBus:
             if held is not None:
                 raise DeviceError(errno.EBUSY, f"{attr}: Can not reserve queue {held[0]} for "
                                   f"host driver: in use by mdev {held[1]}")
-        before = {q: self.host_owns(q) for q in self._queues()}
+        old_apm, old_aqm = self.apmask, self.aqmask
         self.apmask, self.aqmask = apmask, aqmask
-        for queue, was_host in before.items():
-            if self.host_owns(queue) != was_host:
+        for queue in self._queues_of(apmask ^ old_apm, aqmask ^ old_aqm):
+            was_host = old_apm >> queue.adapter & 1 and old_aqm >> queue.domain & 1
+            if self.host_owns(queue) != bool(was_host):
                 if queue.driver is not None:
                     self._detach(queue)
                 self._attach(self._probe_driver(queue), queue)
 
-    def _queues(self) -> Iterator[Queue]:
+    def _queues_of(self, apm: int, aqm: int) -> Iterator[Queue]:
+        """The queues of the adapters in ``apm`` and of the domains in ``aqm``."""
+        domains = list(bitmap.ids(aqm))
         for card in self.cards.values():
-            yield from card.queues.values()
+            if apm >> card.id & 1:
+                yield from card.queues.values()
+            else:
+                yield from (card.queues[d] for d in domains if d in card.queues)
 
     def show_drivers_autoprobe(self) -> str:
         return _int_line(int(self.drivers_autoprobe))
