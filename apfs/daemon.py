@@ -97,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     owner_fd = None
     try:
         owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
-        host = build_host(args.config)
+        host = build_host(args.config, args.flavor)
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
         if args.state is not None:
             # Held open (with its lock) until the process exits.

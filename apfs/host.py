@@ -4,9 +4,13 @@ The mount root holds ``sys/`` (the sysfs tree, so ``SYSFS_ROOT=<mount>/sys`` wor
 s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``reset``, ``guests/``,
 ``zcrypt/request``).
 
+Two flavors of the same AP bus (:data:`FLAVORS`): the seed's ``ap_matrix`` (2017 RFC) and
+upstream Linux's ``vfio_ap``; each has its bus rules, passthrough model and tree.
+
 The models' state (what writes change) is exported and restored as one plain-data document,
-``{"bus": ..., "matrix": ...}``: that is what ``--state`` stores and what ``apfs/reset`` puts
-back (the state taken right after the models were built from the configuration).
+``{"bus": ..., "matrix": ...}`` (``matrix`` being the flavor's passthrough model): that is
+what ``--state`` stores and what ``apfs/reset`` puts back (the state taken right after the
+models were built from the configuration).
 """
 
 from __future__ import annotations
@@ -16,20 +20,22 @@ import errno
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apfs.ap import bus_tree, matrix_tree
+from apfs.ap import bus_tree, matrix_tree, vfio_tree
 from apfs.ap.attrs import attribute_files
-from apfs.ap.guests import GUESTS, GuestControl
-from apfs.kernfs import Snapshot, Subdir, directory, resolve, wo
+from apfs.ap.guests import GuestControl, guests_directory
+from apfs.kernfs import DirKind, Snapshot, Subdir, directory, resolve, wo
 from apfs.kmsg import KernelLog
 from apfs.state import StateError, StateStore
 from apfs.tree import Tree
 from vdev import state as check
-from vdev.ap.bus import ApBus
+from vdev.ap.bus import AP_MATRIX_FLAVOR, VFIO_AP_FLAVOR, ApBus, BusFlavor
 from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
-from vdev.ap.matrix import ApMatrix
+from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
+from vdev.ap.vfio_ap import LiveGuest, VfioAp, VfioMdev
 from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool
@@ -40,17 +46,17 @@ LOG_EXCERPT = 80
 """How much of a refused value a log line quotes."""
 
 
-def load_config(path: str | None) -> HostConfig:
-    """The host described by a TOML file, or the embedded default (the seed's host)."""
-    if path is None:
-        return HostConfig.from_toml(DEFAULT_HOST_TOML)
-    return HostConfig.from_toml(Path(path).read_text())
+def load_config(path: str | None, flavor: str | None = None) -> HostConfig:
+    """The host described by a TOML file, or the embedded default (the seed's host);
+    ``flavor`` (``--flavor``) replaces the file's."""
+    text = DEFAULT_HOST_TOML if path is None else Path(path).read_text()
+    return HostConfig.from_toml(text, flavor)
 
 
-def build_host(config_path: str | None) -> Host:
+def build_host(config_path: str | None, flavor: str | None = None) -> Host:
     """Parse the configuration and build the models; every mistake names the file."""
     try:
-        return Host(load_config(config_path))
+        return Host(load_config(config_path, flavor))
     except (ValueError, OSError) as exc:
         raise ValueError(f"{config_path or 'default configuration'}: {exc}") from None
 
@@ -59,12 +65,15 @@ class Host:
     """The models behind one mount and the :class:`Tree` over them."""
 
     def __init__(self, config: HostConfig) -> None:
+        flavor = FLAVORS[config.flavor]
         self.kmsg = KernelLog()
-        self.bus = ApBus(config)
-        self.matrix = ApMatrix(self.bus)
+        self.bus = ApBus(config, flavor.bus)
+        self.matrix: Any = flavor.model(self.bus)
         self.zcrypt = Zcrypt(self.bus)
-        self.tree = Tree(ROOT, self)
-        self.guests = GuestControl(self.matrix, functools.partial(resolve, ROOT, self))
+        self.root = flavor.root
+        self.tree = Tree(self.root, self)
+        self.guests = GuestControl(self.matrix, functools.partial(resolve, self.root, self),
+                                   flavor.qemu_device, flavor.mdev_class)
         self._initial = self.export_state()
         self._store: StateStore | None = None
         self._committed: dict[str, Any] = self._initial
@@ -149,7 +158,7 @@ def _bus(host: Host) -> ApBus:
     return host.bus
 
 
-def _matrix(host: Host) -> ApMatrix:
+def _matrix(host: Host) -> ApMatrix | VfioAp:
     return host.matrix
 
 
@@ -166,13 +175,48 @@ SYSFS = directory(
                                 Subdir("ap_matrix", matrix_tree.DEVICES, _matrix))),
 )
 
-CONTROL = directory(
-    "apfs",
-    Snapshot("log", lambda host: host.kmsg.content()),
-    wo("reset", Host.store_reset),
-    Subdir("guests", GUESTS, lambda host: host.guests),
-    Subdir("zcrypt", directory("zcrypt", *attribute_files(Zcrypt, Zcrypt.ATTRS)),
-           lambda host: host.zcrypt),
+VFIO_SYSFS = directory(
+    "sys",
+    Subdir("bus", directory("bus",
+                            bus_tree.bus_dir(_bus),
+                            Subdir("matrix", vfio_tree.BUS, _matrix),
+                            Subdir("mdev", vfio_tree.MDEV_BUS, _matrix))),
+    Subdir("class", directory("class", Subdir("mdev_bus", vfio_tree.MDEV_CLASS, _matrix))),
+    Subdir("devices", directory("devices",
+                                bus_tree.devices_dir(_bus),
+                                Subdir("vfio_ap", vfio_tree.DEVICES, _matrix))),
 )
 
-ROOT = directory("", Subdir("sys", SYSFS), Subdir("apfs", CONTROL))
+
+def _control(guest_class: type) -> DirKind:
+    return directory(
+        "apfs",
+        Snapshot("log", lambda host: host.kmsg.content()),
+        wo("reset", Host.store_reset),
+        Subdir("guests", guests_directory(guest_class), lambda host: host.guests),
+        Subdir("zcrypt", directory("zcrypt", *attribute_files(Zcrypt, Zcrypt.ATTRS)),
+               lambda host: host.zcrypt),
+    )
+
+
+ROOT = directory("", Subdir("sys", SYSFS), Subdir("apfs", _control(GuestView)))
+VFIO_ROOT = directory("", Subdir("sys", VFIO_SYSFS), Subdir("apfs", _control(LiveGuest)))
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """What one flavor of the AP passthrough interface is made of."""
+
+    bus: BusFlavor
+    model: type
+    """The passthrough model built on the bus (ApMatrix, VfioAp)."""
+    root: DirKind
+    qemu_device: str
+    """The ``-device`` QEMU takes the mdev with."""
+    mdev_class: type
+
+
+FLAVORS = {
+    "ap_matrix": Flavor(AP_MATRIX_FLAVOR, ApMatrix, ROOT, "vfio_ap_matrix", MatrixMdev),
+    "vfio_ap": Flavor(VFIO_AP_FLAVOR, VfioAp, VFIO_ROOT, "vfio-ap", VfioMdev),
+}

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from apfs.fuseloop import DEFAULT_SPIN_US
+from vdev.ap.host import FLAVORS
+
+
+def flavor(text: str) -> str:
+    if text not in FLAVORS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a flavor ({', '.join(FLAVORS)})")
+    return text
 
 
 def daemon_command() -> list[str]:
@@ -69,6 +76,9 @@ class Option:
 MOUNT_OPTIONS: tuple[Option, ...] = (
     Option(("--config",), metavar="FILE", is_path=True,
            help="host description (TOML); default: the embedded seed host"),
+    Option(("--flavor",), metavar="NAME", type=flavor,
+           help="the AP passthrough interface: ap_matrix (the seed's 2017 RFC; the default) "
+                "or vfio_ap (upstream Linux); replaces the config's host.flavor"),
     Option(("--foreground", "-f"), to_daemon=False,
            help="stay in the foreground; Ctrl-C (SIGINT), SIGTERM or SIGHUP unmounts"),
     Option(("--nonempty",), to_daemon=False,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: mount the default host, run the AP matrix document's two-guest example
 # (steps 1-4 through scripts/seed-workflow.sh, then steps 5 and 6 through the guests
-# directory), show what each guest sees and the kernel-style log, and unmount.
-# Exits non-zero on any failure, including guests that do not see the seed's APQNs.
+# directory), show what each guest sees and the kernel-style log, and unmount.  Then the
+# same host in the upstream vfio_ap flavor: vfio-ap.rst's workflow through
+# scripts/upstream-workflow.sh and a guest started on its first device.
+# Exits non-zero on any failure, including guests that do not see the expected APQNs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,17 +13,20 @@ bash scripts/setup.sh
 
 WORK="$(mktemp -d -t apfs-main-job.XXXXXX)"
 MNT="$WORK/mnt"
-mkdir "$MNT"
+VFIO="$WORK/vfio"
+mkdir "$MNT" "$VFIO"
 
-is_mounted() { awk -v m="$MNT" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
+is_mounted() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
 
 cleanup() {
-    if is_mounted; then
-        .venv/bin/apfs umount "$MNT" || fusermount3 -u -z "$MNT" || true
-    fi
+    for mnt in "$MNT" "$VFIO"; do
+        if is_mounted "$mnt"; then
+            .venv/bin/apfs umount "$mnt" || fusermount3 -u -z "$mnt" || true
+        fi
+    done
     # rmdir, not rm -rf: should the unmount have failed, never recurse into a live mount.
-    rm -f "$WORK/seed.out"
-    rmdir "$MNT" "$WORK" 2>/dev/null || echo "main-job: could not remove $WORK" >&2
+    rm -f "$WORK/seed.out" "$WORK/upstream.out"
+    rmdir "$MNT" "$VFIO" "$WORK" 2>/dev/null || echo "main-job: could not remove $WORK" >&2
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -73,4 +78,23 @@ cat "$MNT/apfs/log"
 
 echo "+ apfs umount $MNT"
 .venv/bin/apfs umount "$MNT"
+
+echo "+ apfs mount --flavor vfio_ap $VFIO"
+.venv/bin/apfs mount --flavor vfio_ap "$VFIO"
+bash scripts/upstream-workflow.sh "$VFIO/sys" | tee "$WORK/upstream.out"
+uuid1="$(sed -n 's/^uuid1=//p' "$WORK/upstream.out")"
+[[ -n "$uuid1" ]] || { echo "main-job: upstream-workflow gave no uuids" >&2; exit 1; }
+echo "+ echo \"vfio-ap,sysfsdev=/sys/bus/mdev/devices/$uuid1\" > \$VFIO/apfs/guests/start"
+echo "vfio-ap,sysfsdev=/sys/bus/mdev/devices/$uuid1" >"$VFIO/apfs/guests/start"
+echo "== guest on $uuid1 (lszcrypt)"
+cat "$VFIO/apfs/guests/$uuid1/lszcrypt"
+check_vfio() {
+    local got
+    got="$(paste -sd' ' "$VFIO/apfs/guests/$uuid1/apqns")"
+    [[ "$got" == "05.0004 05.0047 05.00ab 05.00ff" ]] ||
+        { echo "main-job: the vfio_ap guest has APQNs '$got'" >&2; exit 1; }
+}
+check_vfio
+echo "+ apfs umount $VFIO"
+.venv/bin/apfs umount "$VFIO"
 echo "main-job: OK"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from apfs.host import ROOT, Host
+from apfs.host import Host
 from apfs.kernfs import resolve
 from apfs.tree import Lookup
 
@@ -150,7 +150,7 @@ def symlinks(root: Path) -> dict[str, str]:
 
 def apply_in_process(host: Host, relpath: str, data: bytes) -> int:
     """One ``write()`` to ``relpath`` of an in-process host, as the FUSE layer performs it."""
-    obj, spec = resolve(ROOT, host, tuple(relpath.split("/")))
+    obj, spec = resolve(host.root, host, tuple(relpath.split("/")))
     assert spec is not None, relpath
     written = spec.open(obj).write(0, data)
     host.tree.changed()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,38 +17,14 @@ import pytest
 from helpers import GUEST1_APQNS, GUEST2_APQNS, SEED_WORKFLOW, seed_vars
 from lszcrypt_cases import SCRIPT, Case, Host, Result, load, load_hosts, run_lszcrypt, run_setup
 
-from vdev.ap.host import HostConfig
-
 pytestmark = pytest.mark.mount
 
 
 
-def flavor_not_here(host: Host) -> str | None:
-    """Why this checkout cannot mount ``host`` (a flavor it does not have yet), else None.
-
-    Recordings of a flavor merged later (vfio_ap) are checked in with it; until then their
-    cases skip, naming the reason.  Any other mistake in a host TOML fails the test.
-    """
-    text = host.config_text
-    if text is None or "flavor" not in tomllib.loads(text).get("host", {}):
-        return None
-    try:
-        HostConfig.from_toml(text)
-    except ValueError as exc:
-        return f"this apfs cannot mount {host.config}: {exc}"
-    return None
-
-
 def params(hosts: list[Host]) -> list:
-    """(host, case) pairs, skipped for a host of a flavor this apfs does not have."""
-    out = []
-    for host in hosts:
-        reason = flavor_not_here(host)
-        marks = [pytest.mark.skip(reason=reason)] if reason else []
-        out += [pytest.param(host, case, marks=marks,
-                             id=f"{host.name}:{case.command_line or '(no args)'}")
-                for case in host.cases]
-    return out
+    """(host, case) pairs, one test each."""
+    return [pytest.param(host, case, id=f"{host.name}:{case.command_line or '(no args)'}")
+            for host in hosts for case in host.cases]
 
 
 HOSTS = load_hosts()
@@ -152,8 +127,6 @@ def test_guest_view_is_what_a_started_guest_gets(mount) -> None:
     assert domains[6] == "    40  .  .  .  .  .  .  .  B" + "  ." * 8
 
 
-@pytest.mark.skipif(flavor_not_here(BY_NAME["vfio"]) is not None,
-                    reason=str(flavor_not_here(BY_NAME["vfio"])))
 def test_guest_in_the_vfio_ap_flavor_follows_guest_matrix(host_sys: Callable) -> None:
     """Upstream's mdev has guest_matrix: --guest lists its APQNs and the mdev's control
     domains, as the real lszcrypt did on a host shaped like that guest (vfio-guest.toml)."""

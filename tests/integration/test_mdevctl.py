@@ -23,7 +23,6 @@ import pytest
 from conftest import Mount, Shell
 from helpers import apfs_run, assert_unchanged, snapshot, tree_listing
 
-from apfs import host as apfs_host
 from vdev.ap.host import DEFAULT_HOST_TOML
 
 pytestmark = [
@@ -67,12 +66,7 @@ AP_MATRIX = Flavor("ap_matrix", None, "ap_matrix-passthrough", _seed_apqns, rese
 VFIO_AP = Flavor("vfio_ap", DEFAULT_HOST_TOML.replace("[host]", '[host]\nflavor = "vfio_ap"'),
                  "vfio_ap-passthrough", _upstream_apqns,
                  reserve="echo -0x5,-0x6 > bus/ap/apmask && echo -0x4,-0x47,-0xab > bus/ap/aqmask")
-VFIO_AP_BUILT = "vfio_ap" in getattr(apfs_host, "FLAVORS", ())
-FLAVORS = [AP_MATRIX, pytest.param(VFIO_AP, marks=pytest.mark.skipif(
-    not VFIO_AP_BUILT, reason="this build has no vfio_ap flavor (branch vfio not merged yet)"))]
-
-
-@pytest.fixture(params=FLAVORS, ids=["ap_matrix", "vfio_ap"])
+@pytest.fixture(params=[AP_MATRIX, VFIO_AP], ids=["ap_matrix", "vfio_ap"])
 def flavor(request: pytest.FixtureRequest) -> Flavor:
     return request.param
 

@@ -78,6 +78,23 @@ def test_state_survives_umount_and_mount(places: tuple[Path, Path]) -> None:
     assert_unchanged(pristine, snapshot(root), "a mount without --state")
 
 
+def test_vfio_ap_state_survives_umount_and_mount(places: tuple[Path, Path]) -> None:
+    root, state = places
+    assert mount_with_state(root, state, "--flavor", "vfio_ap").returncode == 0
+    done = Mount(root).bash(
+        f'cd "$SYS/bus/ap" && echo -0x5 > apmask && echo -4,-0xab > aqmask && '
+        f'echo {UUID} > "$SYS/devices/vfio_ap/matrix/mdev_supported_types/'
+        f'vfio_ap-passthrough/create" && cd "$SYS/devices/vfio_ap/matrix/{UUID}" && '
+        f'echo 5 > assign_adapter && echo 4 > assign_domain && echo 0xab > assign_domain')
+    assert done.returncode == 0, done.stderr
+    written = snapshot(root)
+    assert apfs("umount", str(root)).returncode == 0
+    assert mount_with_state(root, state, "--flavor", "vfio_ap").returncode == 0
+    assert_unchanged(written, snapshot(root), "an unmount and a mount with the same --state")
+    matrix = (root / f"sys/devices/vfio_ap/matrix/{UUID}/guest_matrix").read_text()
+    assert matrix == "05.0004\n05.00ab\n"
+
+
 def test_reset_restores_the_configured_state_and_is_committed(
         places: tuple[Path, Path]) -> None:
     root, state = places

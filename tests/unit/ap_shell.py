@@ -6,7 +6,7 @@ table is the FUSE layer's job.
 
 from __future__ import annotations
 
-from vdev.ap import DEFAULT_HOST_TOML, ApBus, ApMatrix, HostConfig
+from vdev.ap import DEFAULT_HOST_TOML, VFIO_AP_FLAVOR, ApBus, ApMatrix, HostConfig, VfioAp
 from vdev.ap.bus import Card, Queue
 
 MATRIX = "/sys/devices/ap_matrix/matrix"
@@ -52,3 +52,22 @@ class Shell:
         if device is None or attr not in present(device):
             raise FileNotFoundError(f"{directory}/{attr}")
         return device
+
+
+VFIO_MATRIX = "/sys/devices/vfio_ap/matrix"
+VFIO_TYPE_DIR = f"{VFIO_MATRIX}/mdev_supported_types/vfio_ap-passthrough"
+
+
+class VfioShell(Shell):
+    """The same front end over the upstream ``vfio_ap`` flavor."""
+
+    def __init__(self, toml: str = DEFAULT_HOST_TOML, **vfio_options: int) -> None:
+        self.bus = ApBus(HostConfig.from_toml(toml, "vfio_ap"), VFIO_AP_FLAVOR)
+        self.vfio = VfioAp(self.bus, **vfio_options)
+
+    def _object(self, directory: str, attr: str) -> object:
+        if directory in (VFIO_TYPE_DIR, VFIO_MATRIX):
+            return self.vfio
+        if directory.startswith(f"{VFIO_MATRIX}/"):
+            return self.vfio.mdevs[directory.rsplit("/", 1)[1]]
+        return super()._object(directory, attr)

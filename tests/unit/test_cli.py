@@ -50,9 +50,9 @@ def test_every_daemon_option_reaches_the_daemon_with_relative_paths_made_absolut
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     got = _daemon_args("--config", "host.toml", "--debug", "--log", "logs/apfs.log",
-                       "--spin-us", "0")
-    assert (got.config, got.debug, got.log, got.spin_us) == (
-        str(tmp_path / "host.toml"), True, str(tmp_path / "logs/apfs.log"), 0)
+                       "--spin-us", "0", "--flavor", "vfio_ap")
+    assert (got.config, got.debug, got.log, got.spin_us, got.flavor) == (
+        str(tmp_path / "host.toml"), True, str(tmp_path / "logs/apfs.log"), 0, "vfio_ap")
     assert got.mountpoint == "/mnt/x"
 
 
@@ -60,8 +60,8 @@ def test_defaults_are_not_spelled_out() -> None:
     args = cli.build_parser().parse_args(["mount", "/mnt/x"])
     assert options.daemon_argv(args) == []
     got = _daemon_args()
-    assert (got.config, got.debug, got.log, got.spin_us) == (None, False, None,
-                                                             DEFAULT_SPIN_US)
+    assert (got.config, got.debug, got.log, got.spin_us, got.flavor) == (
+        None, False, None, DEFAULT_SPIN_US, None)
 
 
 @pytest.mark.parametrize("cli_only", ["--foreground", "--nonempty"])

@@ -148,7 +148,8 @@ BAD_STATES = [
     ("extra", 1, "state: unknown key 'extra'"),
     ("bus/config_time", 200, "bus.config_time: 200 is outside 5..120"),
     ("bus/scans", True, "bus.scans: True is not an integer"),
-    ("bus/ap_domain", 5, "bus.ap_domain: 5 is not a usage domain"),
+    ("bus/ap_domain", 256, "bus.ap_domain: 256 is outside -1..255"),
+    ("bus/apmask", 1, "bus.apmask/aqmask: this flavor's bus has no masks to change"),
     ("bus/poll_thread", "yes", "bus.poll_thread: 'yes' is not true or false"),
     ("bus/queues/05.0004/online", "yes", "bus.queues.05.0004.online: 'yes' is not true or "
                                          "false"),
@@ -185,3 +186,37 @@ def test_bad_state_is_refused_naming_key_and_value_and_changes_nothing(
         target.restore_state(bad)
     assert message in str(info.value)
     assert not differences(before, model_snapshot(target))
+
+
+VFIO = "sys/devices/vfio_ap/matrix"
+VFIO_TYPE = f"{VFIO}/mdev_supported_types/vfio_ap-passthrough"
+VFIO_SETUP = [
+    ("sys/bus/ap/apmask", b"-0x5\n"),
+    ("sys/bus/ap/aqmask", b"-4,-0xab\n"),
+    (f"{VFIO_TYPE}/create", f"{UUIDS[1]}\n".encode()),
+    (f"{VFIO_TYPE}/create", f"{UUIDS[0]}\n".encode()),
+    (f"{VFIO}/{UUIDS[1]}/assign_adapter", b"5\n"),
+    (f"{VFIO}/{UUIDS[1]}/assign_domain", b"4\n"),
+    (f"{VFIO}/{UUIDS[1]}/assign_control_domain", b"0xab\n"),
+    # adapter 5, domain 0xab (inv-bit masks: bit 0 is the leftmost)
+    (f"{VFIO}/{UUIDS[0]}/ap_config", b"0x04,0x" + b"0" * 42 + b"1" + b"0" * 21 + b",0x0\n"),
+]
+
+
+def vfio_host() -> Host:
+    return Host(load_config(None, "vfio_ap"))
+
+
+def test_vfio_ap_round_trip_restores_masks_mdevs_and_guest_matrices() -> None:
+    source = vfio_host()
+    for path, data in VFIO_SETUP:
+        apply_in_process(source, path, data)
+    state = through_json(source.export_state())
+    assert state["bus"]["apmask"] == source.bus.apmask != fresh().bus.apmask
+    assert [m["uuid"] for m in state["matrix"]["mdevs"]] == [UUIDS[1], UUIDS[0]]
+    target = vfio_host()
+    target.restore_state(state)
+    assert not differences(model_snapshot(source), model_snapshot(target))
+    assert target.matrix.mdevs[UUIDS[1]].guest_apm == source.matrix.mdevs[UUIDS[1]].guest_apm
+    target.reset()  # back to the configured masks: the queues return to the host
+    assert not differences(model_snapshot(vfio_host()), model_snapshot(target))

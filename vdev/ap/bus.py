@@ -5,7 +5,8 @@ Owns: the device objects (:class:`Card`, :class:`Queue`), driver-core bind/unbin
 (ap_card.c, ap_queue.c, zcrypt_card.c, zcrypt_queue.c).
 
 Must not know: mediated devices, guests or assignment rules (a passthrough flavor such as
-:mod:`vdev.ap.matrix` plugs in through :attr:`ApBus.status_of`), FUSE, trio, files.
+:mod:`vdev.ap.matrix` or :mod:`vdev.ap.vfio_ap` plugs in through :attr:`ApBus.passthrough_ops`,
+the callbacks a passthrough ``ap_driver`` gives the bus), FUSE, trio, files.
 
 Theory of operation: the bus is built once from a :class:`~vdev.ap.host.HostConfig` and never
 gains or loses devices (no hot plug).  What changes is which driver each device is bound to and
@@ -25,15 +26,23 @@ each device's driver, flags and counters) as plain JSON data, and :meth:`ApBus.r
 puts it back onto the same device and driver objects, so a file system that caches them keeps
 working across a restore.
 
+Upstream kernels (the ``vfio_ap`` flavor, :attr:`BusFlavor.masks`) split the APQNs between
+the host and guests with ``/sys/bus/ap/apmask`` x ``aqmask`` (``ap_perms``): a queue inside
+both masks may only be bound to a default (host) driver, one outside only to ``vfio_ap``.
+After a mask change every queue whose side flipped is re-probed (``ap_bus_revise_bindings``);
+returning APQNs to the host while an mdev holds them is refused with EBUSY, asked through the
+passthrough driver's ``in_use`` callback.
+
 Scale: 256 adapters x 256 domains are 65,536 queues; devices use ``__slots__``, lookups are
-dict hits, and no store scans more than one card's queues.
+dict hits, and no store scans more than one card's queues, except a mask write, which visits
+the queues of the ids it changes.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -57,6 +66,7 @@ class Presence(enum.Enum):
     ALWAYS = "always"
     HOST = "bound to a host (zcrypt) driver"
     PASSTHROUGH = "bound to the passthrough driver"
+    MASKS = "on kernels with apmask/aqmask"
 
 
 class Attr(NamedTuple):
@@ -66,10 +76,14 @@ class Attr(NamedTuple):
     mode: int
     presence: Presence = Presence.ALWAYS
 
-    def present(self, device: Card | Queue) -> bool:
-        """Whether the file exists on ``device`` under its current binding."""
+    def present(self, device: Card | Queue | ApBus) -> bool:
+        """Whether the file exists on ``device`` under its current binding (or bus flavor)."""
         if self.presence is Presence.ALWAYS:
             return True
+        if self.presence is Presence.MASKS:
+            return isinstance(device, ApBus) and device.flavor.masks
+        if isinstance(device, ApBus):
+            return False
         if self.presence is Presence.HOST:
             return device.has_host_attrs
         return device.has_status
@@ -81,17 +95,31 @@ class BusFlavor:
 
     ``already_bound_errno``: ``bind`` of a bound device fails with ENODEV before Linux 5.15 and
     EBUSY from 5.15 on.  ``card_types``: the types this kernel's host drivers know.
+    ``masks``: the bus has ``apmask``/``aqmask`` (Linux >= 4.19), which decide the driver a
+    queue may be bound to and the domains ``ap_domain`` accepts.  ``dash_when_uninitiated``:
+    a queue no host driver has initialised shows ``request_count`` ``-`` (mainline).
     """
 
     passthrough_driver: str
     already_bound_errno: int
     card_types: frozenset[str]
+    masks: bool = False
+    dash_when_uninitiated: bool = False
 
 
 AP_MATRIX_FLAVOR = BusFlavor(
     passthrough_driver="vfio_ap_matrix",
     already_bound_errno=errno.ENODEV,
     card_types=frozenset(CARD_TYPES),
+)
+
+VFIO_AP_FLAVOR = BusFlavor(
+    passthrough_driver="vfio_ap",
+    already_bound_errno=errno.EBUSY,
+    # Upstream's zcrypt and vfio_ap drivers only take CEX4 and newer (hwtype >= 10).
+    card_types=frozenset(name for name, t in CARD_TYPES.items() if t.hwtype >= 10),
+    masks=True,
+    dash_when_uninitiated=True,
 )
 
 
@@ -322,6 +350,8 @@ class Queue:
         return self.driver is not None and self.driver.passthrough
 
     def show_request_count(self) -> str:
+        if self.card.bus.flavor.dash_when_uninitiated and not self.has_host_attrs:
+            return "-\n"
         return _int_line(self.request_count)
 
     def store_request_count(self, text: str) -> None:
@@ -387,7 +417,7 @@ class Queue:
 
     def show_status(self) -> str:
         """Passthrough queue status (``in use``/``assigned``/``unassigned``) from the flavor."""
-        return self.card.bus.status_of(self)
+        return self.card.bus.passthrough_ops.status_of(self)
 
 
 FIELDS: dict[type, tuple[str, ...]] = {
@@ -396,11 +426,29 @@ FIELDS: dict[type, tuple[str, ...]] = {
 }
 """A device's durable state besides its driver: the attributes writes change."""
 BUS_STATE = ("ap_domain", "config_time", "poll_thread", "poll_timeout", "scans",
-             "drivers_autoprobe", "cards", "queues")
+             "drivers_autoprobe", "apmask", "aqmask", "cards", "queues")
 
 
-def _unassigned(queue: Queue) -> str:
-    return "unassigned\n"
+
+class PassthroughOps:
+    """The callbacks of the passthrough ``ap_driver`` (no mdevs: every queue unassigned).
+
+    A flavor model replaces :attr:`ApBus.passthrough_ops` with its own implementation.
+    """
+
+    def status_of(self, queue: Queue) -> str:
+        """The queue's ``status`` file."""
+        return "unassigned\n"
+
+    def in_use(self, apm: int, aqm: int) -> tuple[str, str] | None:
+        """``ap_driver->in_use``: (an APQN of apm x aqm an mdev holds, that mdev), or None."""
+        return None
+
+    def probed(self, queue: Queue) -> None:
+        """The queue was just bound to the passthrough driver."""
+
+    def removed(self, queue: Queue) -> None:
+        """The queue is leaving the passthrough driver."""
 
 
 class ApBus:
@@ -420,6 +468,8 @@ class ApBus:
         Attr("scans", 0o644),
         Attr("bindings", 0o444),
         Attr("features", 0o444),
+        Attr("apmask", 0o644, Presence.MASKS),
+        Attr("aqmask", 0o644, Presence.MASKS),
         Attr("drivers_probe", 0o200),
         Attr("drivers_autoprobe", 0o644),
         Attr("uevent", 0o200),
@@ -429,8 +479,11 @@ class ApBus:
     def __init__(self, config: HostConfig, flavor: BusFlavor = AP_MATRIX_FLAVOR) -> None:
         self.config = config
         self.flavor = flavor
-        # Filled in by the passthrough flavor (e.g. ApMatrix) to answer queue ``status``.
-        self.status_of: Callable[[Queue], str] = _unassigned
+        # Replaced by the passthrough flavor (ApMatrix, VfioAp): queue status, in_use, probes.
+        self.passthrough_ops = PassthroughOps()
+        # ap_perms: the APQNs reserved for the host's default drivers (all, unless masks).
+        self.apmask = config.apmask
+        self.aqmask = config.aqmask
         self.ap_domain: int = -1 if config.ap_domain is None else config.ap_domain
         self.interrupts = config.interrupts
         self.config_time = DEFAULT_CONFIG_TIME
@@ -491,6 +544,23 @@ class ApBus:
         if unknown:
             raise ValueError(f"bindings: no such device {sorted(unknown)[0]!r} on this host")
 
+    def _initial_driver_name(self, device: Card | Queue) -> str:
+        """The configured boot binding: ``[bindings]``, else the driver a probe picks."""
+        return self.config.bindings.get(device.name, self._probe_driver(device).name)
+
+    def _probe_driver(self, device: Card | Queue) -> Driver:
+        """The driver an automatic probe binds ``device`` to: its type's host driver, or for
+        a queue outside apmask x aqmask the passthrough driver."""
+        if isinstance(device, Card):
+            return self.drivers[device.type.card_driver]
+        if self.flavor.masks and not self.host_owns(device):
+            return self.passthrough
+        return self.drivers[device.type.queue_driver]
+
+    def host_owns(self, queue: Queue) -> bool:
+        """``ap_perms``: the APQN is in apmask x aqmask, reserved for the default drivers."""
+        return bool(self.apmask >> queue.adapter & 1 and self.aqmask >> queue.domain & 1)
+
     def _initial_bind(self, device: Card | Queue, driver_name: str) -> None:
         if not driver_name:
             return
@@ -501,6 +571,9 @@ class ApBus:
         if not driver.matches(device):
             raise ValueError(f"bindings.{device.name}: {driver_name} does not handle "
                              f"{_describe(device)}")
+        refusal = self._probe_refusal(driver, device)
+        if refusal:
+            raise ValueError(f"bindings.{device.name}: {refusal}")
         self._attach(driver, device)
 
     # -- structure -------------------------------------------------------------------------
@@ -523,7 +596,24 @@ class ApBus:
         if device.driver is not None:
             raise DeviceError(self.flavor.already_bound_errno,
                               f"bind: {device.name} is already bound to {device.driver.name}")
+        refusal = self._probe_refusal(driver, device)
+        if refusal:
+            raise DeviceError(errno.ENODEV, f"bind: {refusal}")
         self._attach(driver, device)
+
+    def _probe_refusal(self, driver: Driver, device: Card | Queue) -> str | None:
+        """Why ``ap_device_probe`` rejects the pair: a queue's side of apmask x aqmask must
+        match the driver's (default drivers take host APQNs, vfio_ap the others)."""
+        if not self.flavor.masks or not isinstance(device, Queue):
+            return None
+        host = self.host_owns(device)
+        if host != driver.passthrough:
+            return None
+        if host:
+            return (f"{device.name} is inside apmask x aqmask (reserved for the host): "
+                    f"{driver.name} may not take it")
+        return (f"{device.name} is outside apmask x aqmask (reserved for guests): only "
+                f"{self.passthrough.name} may take it")
 
     def unbind(self, driver_name: str, text: str) -> None:
         """``echo NAME > /sys/bus/ap/drivers/<driver_name>/unbind``; ENODEV unless bound here."""
@@ -533,6 +623,15 @@ class ApBus:
             bound = "not bound" if device.driver is None else f"bound to {device.driver.name}"
             raise DeviceError(errno.ENODEV,
                               f"unbind: {device.name} is {bound}, not to {driver.name}")
+        self._detach(device)
+
+    def _detach(self, device: Card | Queue) -> None:
+        """Remove: the passthrough driver lets go of its queue first, a host driver's requests
+        in flight are dropped."""
+        driver = device.driver
+        assert driver is not None
+        if driver.passthrough and isinstance(device, Queue):
+            self.passthrough_ops.removed(device)
         driver._detach(device)
         if isinstance(device, Queue):
             self._bound_queues -= 1
@@ -552,6 +651,8 @@ class ApBus:
             self._bound_queues += 1
         if not driver.passthrough:
             device.online = True
+        elif isinstance(device, Queue):
+            self.passthrough_ops.probed(device)
 
     # -- durable state ---------------------------------------------------------------------
 
@@ -586,6 +687,8 @@ class ApBus:
             "poll_timeout": self.poll_timeout,
             "scans": self.scans,
             "drivers_autoprobe": self.drivers_autoprobe,
+            "apmask": self.apmask,
+            "aqmask": self.aqmask,
             "cards": cards,
             "queues": queues,
         }
@@ -617,11 +720,18 @@ class ApBus:
     def check_state(self, state: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Validate ``state`` for :meth:`restore_state`: (settings, {device name: record})."""
         state = check.table("bus", state, BUS_STATE)
+        full = (1 << 256) - 1
+        apmask = check.integer("bus.apmask", state["apmask"], 0, full)
+        aqmask = check.integer("bus.aqmask", state["aqmask"], 0, full)
+        if not self.flavor.masks and (apmask, aqmask) != (self.apmask, self.aqmask):
+            raise ValueError("bus.apmask/aqmask: this flavor's bus has no masks to change")
+        # Not checked against aqmask: a mask write may take the default domain away from the
+        # host afterwards, and the kernel leaves ap_domain as it is.
         ap_domain = check.integer("bus.ap_domain", state["ap_domain"], -1,
                                   self.config.max_domain_id)
-        if ap_domain not in self.config.domains and ap_domain != self.config.ap_domain:
-            raise ValueError(f"bus.ap_domain: {ap_domain} is not a usage domain")
         settings = {
+            "apmask": apmask,
+            "aqmask": aqmask,
             "ap_domain": ap_domain,
             "config_time": check.integer("bus.config_time", state["config_time"],
                                          CONFIG_TIME_MIN, CONFIG_TIME_MAX),
@@ -660,12 +770,6 @@ class ApBus:
             raise ValueError(f"{where}: {name} does not handle {_describe(device)}")
         return driver
 
-    def _initial_driver_name(self, device: Card | Queue) -> str:
-        """The configured boot binding: ``[bindings]``, else the type's host driver."""
-        default = (device.type.card_driver if isinstance(device, Card)
-                   else device.type.queue_driver)
-        return self.config.bindings.get(device.name, default)
-
     def _initial_record(self, device: Card | Queue) -> dict[str, Any]:
         """What :meth:`export_state` leaves out: the device as the configuration boots it."""
         if isinstance(device, Card):
@@ -681,14 +785,18 @@ class ApBus:
         return _int_line(self.ap_domain)
 
     def store_ap_domain(self, text: str) -> None:
-        """``sscanf("%i")``; the default domain must be a usage domain within the maximum."""
+        """``sscanf("%i")``; within ap_max_domain_id and, where the bus has one, in aqmask.
+
+        The kernel does not look at the usage domain mask: a domain the host cannot use is
+        accepted (lszcrypt then warns that the default domain is not available).
+        """
         domain = sscanf_int(text, 0, name="ap_domain")
         if domain < 0 or domain > self.config.max_domain_id:
             raise DeviceError(errno.EINVAL, f"ap_domain: {domain} is outside 0.."
                               f"{self.config.max_domain_id} (ap_max_domain_id)")
-        if domain not in self.config.domains:
-            raise DeviceError(errno.EINVAL,
-                              f"ap_domain: {domain:#04x} is not in ap_usage_domain_mask")
+        if not self.aqmask >> domain & 1:
+            raise DeviceError(errno.EINVAL, f"ap_domain: {domain:#04x} is not in aqmask "
+                              f"(reserved for guests)")
         self.ap_domain = domain
 
     def show_ap_control_domain_mask(self) -> str:
@@ -751,16 +859,72 @@ class ApBus:
         return " ".join(f for f in KNOWN_FEATURES if f in self.config.features) + "\n"
 
     def store_drivers_probe(self, text: str) -> None:
-        """Attach an unbound device to the first matching driver (its type's host driver).
+        """Attach an unbound device to the first driver whose probe takes it.
 
         Like ``bus_rescan_devices_helper``: an unknown name is ENODEV, a bound device is
         left alone, and success is reported either way.
         """
         device = self._lookup("drivers_probe", text)
         if device.driver is None:
-            type_ = device.type
-            name = type_.card_driver if isinstance(device, Card) else type_.queue_driver
-            self._attach(self.drivers[name], device)
+            self._attach(self._probe_driver(device), device)
+
+    # -- apmask / aqmask (upstream) ----------------------------------------------------------
+
+    def show_apmask(self) -> str:
+        return bitmap.to_sysfs(self.apmask) + "\n"
+
+    def store_apmask(self, text: str) -> None:
+        """``echo -0x5 > apmask``: take adapter 5 from the host, or give ids back with ``+``."""
+        self._set_masks("apmask", self._parse_mask("apmask", text, self.apmask), self.aqmask)
+
+    def show_aqmask(self) -> str:
+        return bitmap.to_sysfs(self.aqmask) + "\n"
+
+    def store_aqmask(self, text: str) -> None:
+        """``echo -4,-0xab > aqmask``: take domains 4 and 0xab from the host."""
+        self._set_masks("aqmask", self.apmask, self._parse_mask("aqmask", text, self.aqmask))
+
+    @staticmethod
+    def _parse_mask(attr: str, text: str, current: int) -> int:
+        mask = bitmap.parse_mask(text, current)
+        if mask is None:
+            raise DeviceError(errno.EINVAL, f"{attr}: {text!r} is neither an absolute mask "
+                              f"('0x' and up to 64 hex digits) nor relative terms ('+N', "
+                              f"'-N', '+N-M', '-N-M' with N <= M < 256, comma-separated)")
+        return mask
+
+    def _set_masks(self, attr: str, apmask: int, aqmask: int) -> None:
+        """``apmask_commit``/``aqmask_commit`` + ``ap_bus_revise_bindings``.
+
+        APQNs newly given back to the host (new apmask bits x aqmask, or apmask x new aqmask
+        bits) must not belong to an mdev: EBUSY, nothing changes.  Then each queue whose side
+        flipped is re-probed: removed from its driver and bound to the one the masks dictate.
+        """
+        returned_apm = apmask & ~self.apmask
+        returned_aqm = aqmask & ~self.aqmask
+        checks = ((returned_apm, self.aqmask), (self.apmask, returned_aqm))
+        for apm, aqm in checks:
+            held = self.passthrough_ops.in_use(apm, aqm) if apm and aqm else None
+            if held is not None:
+                raise DeviceError(errno.EBUSY, f"{attr}: Can not reserve queue {held[0]} for "
+                                  f"host driver: in use by mdev {held[1]}")
+        old_apm, old_aqm = self.apmask, self.aqmask
+        self.apmask, self.aqmask = apmask, aqmask
+        for queue in self._queues_of(apmask ^ old_apm, aqmask ^ old_aqm):
+            was_host = old_apm >> queue.adapter & 1 and old_aqm >> queue.domain & 1
+            if self.host_owns(queue) != bool(was_host):
+                if queue.driver is not None:
+                    self._detach(queue)
+                self._attach(self._probe_driver(queue), queue)
+
+    def _queues_of(self, apm: int, aqm: int) -> Iterator[Queue]:
+        """The queues of the adapters in ``apm`` and of the domains in ``aqm``."""
+        domains = list(bitmap.ids(aqm))
+        for card in self.cards.values():
+            if apm >> card.id & 1:
+                yield from card.queues.values()
+            else:
+                yield from (card.queues[d] for d in domains if d in card.queues)
 
     def show_drivers_autoprobe(self) -> str:
         return _int_line(int(self.drivers_autoprobe))

@@ -13,8 +13,14 @@ integers are taken as written, so ``id = 5`` and ``id = "05"`` are the same card
     [host]
     domains = ["04", "47", "ab", "ff"]   # usage domains (AQM); queues exist for card x domain
     # control_domains = ["04", "47"]     # ADM; default: same as domains
-    # max_adapter_id = "ff"              # ap_max_adapter_id; default 0xff
-    # max_domain_id = "ff"               # ap_max_domain_id; default 0xff
+    # flavor = "ap_matrix"               # or "vfio_ap" (upstream); apfs mount --flavor wins
+    # max_adapter_id = "ff"              # ap_max_adapter_id (QCI Na); default 0xff
+    # max_domain_id = "ff"               # ap_max_domain_id (QCI Nd); default 0xff
+    #                                    # without APXA in features: 0x3f and 0x0f, fixed
+    # mdev_instances = 65536             # available_instances of the mdev type at boot
+    # apmask = "-0x5"                    # vfio_ap only: initial /sys/bus/ap/apmask and
+    # aqmask = "-4,-0xab"                # aqmask, as the ap.apmask= kernel parameter takes
+    #                                    # them (absolute 0x... or +N,-M relative to all ones)
     # ap_domain = "04"                   # default domain; default: lowest usage domain
     # interrupts = true                  # ap_interrupts
     # features = ["APSC", "APXA", "QACT", "RC8A"]
@@ -32,6 +38,9 @@ integers are taken as written, so ``id = 5`` and ``id = "05"`` are the same card
     [bindings]           # optional; default: every card and queue to its type's host driver
     "05.0004" = "vfio_ap_matrix"         # a queue reserved for guests at boot
     "card06" = ""                        # "" = not bound to any driver
+
+In the ``vfio_ap`` flavor the masks decide where queues start (inside apmask x aqmask on
+``cex4queue``, outside on ``vfio_ap``); ``[bindings]`` may only leave a device unbound there.
 """
 
 from __future__ import annotations
@@ -41,9 +50,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vdev.ap import bitmap
 from vdev.ap.cardtypes import CARD_TYPES
 
 MAX_ID = 0xFF
+FLAVORS = ("ap_matrix", "vfio_ap")
+MDEV_INSTANCES = 65536
+"""How many mediated devices the passthrough driver allows (its ``available_instances``)."""
+NO_APXA_MAX_ADAPTER_ID = 63
+NO_APXA_MAX_DOMAIN_ID = 15
+"""Without the APXA facility the AP instructions address 64 adapters and 16 domains."""
 DEFAULT_FEATURES = ("APSC", "APXA", "QACT", "RC8A")
 KNOWN_FEATURES = ("APSC", "APXA", "QACT", "RC8A", "APSB")
 
@@ -76,20 +92,40 @@ class HostConfig:
     cards: dict[int, str]
     domains: tuple[int, ...]
     control_domains: tuple[int, ...] | None = None
-    max_adapter_id: int = MAX_ID
-    max_domain_id: int = MAX_ID
+    max_adapter_id: int | None = None
+    """Default 0xff with APXA, 63 without (then nothing else is allowed)."""
+    max_domain_id: int | None = None
+    """Default 0xff with APXA, 15 without (then nothing else is allowed)."""
     ap_domain: int | None = None
     interrupts: bool = True
     features: tuple[str, ...] = DEFAULT_FEATURES
     deconfigured: frozenset[int] = frozenset()
     chkstopped: frozenset[int] = frozenset()
     bindings: dict[str, str] = field(default_factory=dict)
+    flavor: str = "ap_matrix"
+    mdev_instances: int = MDEV_INSTANCES
+    apmask: int = bitmap.ALL
+    aqmask: int = bitmap.ALL
 
     def __post_init__(self) -> None:
-        for key, value in (("max_adapter_id", self.max_adapter_id),
-                           ("max_domain_id", self.max_domain_id)):
-            if not 0 <= value <= MAX_ID:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"host.flavor: {self.flavor!r} is not a flavor "
+                             f"(known: {', '.join(FLAVORS)})")
+        if self.flavor != "vfio_ap" and (self.apmask, self.aqmask) != (bitmap.ALL, bitmap.ALL):
+            raise ValueError(f"host.apmask/aqmask: only the vfio_ap flavor has them "
+                             f"(this host is {self.flavor})")
+        apxa = "APXA" in self.features
+        for key, value, no_apxa in (
+                ("max_adapter_id", self.max_adapter_id, NO_APXA_MAX_ADAPTER_ID),
+                ("max_domain_id", self.max_domain_id, NO_APXA_MAX_DOMAIN_ID)):
+            if value is None:
+                value = MAX_ID if apxa else no_apxa
+            elif not 0 <= value <= MAX_ID:
                 raise ValueError(f"host.{key}: {value:#x} is outside 0x00..0xff")
+            elif not apxa and value != no_apxa:
+                raise ValueError(f"host.{key}: {value:#04x} needs the APXA feature (without "
+                                 f"it the maximum is {no_apxa:#04x})")
+            object.__setattr__(self, key, value)
         for adapter, type_name in self.cards.items():
             _check_id(f"card id {adapter:#04x}", adapter, self.max_adapter_id)
             if type_name not in CARD_TYPES:
@@ -117,8 +153,11 @@ class HostConfig:
                     raise ValueError(f"{key}: card {adapter:02x} is not configured")
 
     @classmethod
-    def from_toml(cls, text: str) -> HostConfig:
-        """Parse the TOML format of the module docstring; ``ValueError`` names key and value."""
+    def from_toml(cls, text: str, flavor: str | None = None) -> HostConfig:
+        """Parse the TOML format of the module docstring; ``ValueError`` names key and value.
+
+        ``flavor`` (``apfs mount --flavor``) replaces the file's ``host.flavor``.
+        """
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -126,7 +165,8 @@ class HostConfig:
         _only_keys("top level", doc, ("host", "card", "bindings"))
         host = doc.get("host", {})
         _only_keys("[host]", host, ("domains", "control_domains", "max_adapter_id",
-                                    "max_domain_id", "ap_domain", "interrupts", "features"))
+                                    "max_domain_id", "ap_domain", "interrupts", "features",
+                                    "flavor", "mdev_instances", "apmask", "aqmask"))
         cards: dict[int, str] = {}
         deconfigured: set[int] = set()
         chkstopped: set[int] = set()
@@ -152,19 +192,28 @@ class HostConfig:
         features = host.get("features", list(DEFAULT_FEATURES))
         if not isinstance(features, list):
             raise ValueError(f"host.features: {features!r} is not a list of feature names")
+        max_adapter = host.get("max_adapter_id")
+        max_domain = host.get("max_domain_id")
         return cls(
             cards=cards,
             domains=tuple(_parse_ids("host.domains", host.get("domains", []))),
             control_domains=None if control is None else tuple(
                 _parse_ids("host.control_domains", control)),
-            max_adapter_id=_parse_id("host.max_adapter_id", host.get("max_adapter_id", MAX_ID)),
-            max_domain_id=_parse_id("host.max_domain_id", host.get("max_domain_id", MAX_ID)),
+            max_adapter_id=None if max_adapter is None else _parse_id("host.max_adapter_id",
+                                                                      max_adapter),
+            max_domain_id=None if max_domain is None else _parse_id("host.max_domain_id",
+                                                                    max_domain),
             ap_domain=None if ap_domain is None else _parse_id("host.ap_domain", ap_domain),
             interrupts=_parse_bool("host.interrupts", host.get("interrupts", True)),
             features=tuple(features),
             deconfigured=frozenset(deconfigured),
             chkstopped=frozenset(chkstopped),
             bindings=dict(bindings),
+            flavor=flavor or str(host.get("flavor", "ap_matrix")),
+            mdev_instances=_parse_count("host.mdev_instances",
+                                        host.get("mdev_instances", MDEV_INSTANCES)),
+            apmask=_parse_mask("host.apmask", host.get("apmask")),
+            aqmask=_parse_mask("host.aqmask", host.get("aqmask")),
         )
 
     @classmethod
@@ -204,6 +253,23 @@ def _parse_id(key: str, value: Any) -> int:
     if not 0 <= value <= MAX_ID:
         raise ValueError(f"{key}: {value:#x} is outside 0x00..0xff")
     return value
+
+
+def _parse_count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MDEV_INSTANCES:
+        raise ValueError(f"{key}: {value!r} is not a number from 0 to {MDEV_INSTANCES}")
+    return value
+
+
+def _parse_mask(key: str, value: Any) -> int:
+    """An initial apmask/aqmask, in the syntax of the ``ap.apmask=`` kernel parameter."""
+    if value is None:
+        return bitmap.ALL
+    mask = bitmap.parse_mask(value, bitmap.ALL) if isinstance(value, str) else None
+    if mask is None:
+        raise ValueError(f"{key}: {value!r} is not a mask ('0x' and up to 64 hex digits, or "
+                         f"'+N', '-N', '+N-M', '-N-M' terms separated by commas)")
+    return mask
 
 
 def _parse_ids(key: str, values: Any) -> list[int]:

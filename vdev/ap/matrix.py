@@ -37,21 +37,21 @@ from __future__ import annotations
 
 import errno
 import string
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vdev import state as check
 from vdev.ap import bitmap
-from vdev.ap.bus import ApBus, Attr, Queue, apqn_name
+from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
+from vdev.ap.host import HostConfig
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtoul
 
 MDEV_TYPE = "ap_matrix-passthrough"
 TYPE_NAME = "VFIO AP Passthrough Device"
 DEVICE_API = "vfio-ap"
-MAX_INSTANCES = 65536
 UUID_LEN = 36
 _UUID_DASHES = (8, 13, 18, 23)
 _HEX = frozenset(string.hexdigits)
@@ -83,6 +83,74 @@ def _canonical(uuid: str) -> str | None:
         return _parse_uuid(uuid)
     except DeviceError:
         return None
+
+
+def new_uuid(text: str, existing: Collection[str], max_instances: int) -> str:
+    """mdev core ``create``: EINVAL bad UUID, EEXIST duplicate, EUSERS none left."""
+    uuid = _parse_uuid(text)
+    if uuid in existing:
+        raise DeviceError(errno.EEXIST, f"create: mdev {uuid} already exists")
+    if len(existing) >= max_instances:
+        raise DeviceError(errno.EUSERS, f"create: no instances left "
+                          f"(all {max_instances} in use)")
+    return uuid
+
+
+def remove_requested(text: str) -> bool:
+    """mdev core ``remove``: ``kstrtoul(buf, 0)``, any parse failure EINVAL, 0 = no-op."""
+    try:
+        return kstrtoul(text, 0, name="remove") != 0
+    except DeviceError as exc:
+        raise DeviceError(errno.EINVAL, exc.message) from None
+
+
+Masks = tuple[int, int, int]
+"""An mdev's (APM, AQM, ADM)."""
+
+
+def export_mdevs(mdevs: Iterable[Any]) -> dict[str, Any]:
+    """Mediated devices (anything with ``uuid``, ``apm``, ``aqm``, ``adm``) as plain data, in
+    the given (creation) order: the ``matrix`` part of a durable state, in both flavors."""
+    return {"mdevs": [{"uuid": mdev.uuid, "adapters": list(bitmap.ids(mdev.apm)),
+                       "domains": list(bitmap.ids(mdev.aqm)),
+                       "control_domains": list(bitmap.ids(mdev.adm))}
+                      for mdev in mdevs]}
+
+
+def check_mdevs(state: Any, config: HostConfig, max_instances: int) -> dict[str, Masks]:
+    """Validate what :func:`export_mdevs` made: {uuid: masks}, in order; ValueError naming the
+    key and value for a bad UUID, an id above the bus maximum, too many mdevs, or an APQN in
+    two of them."""
+    mdevs = check.sequence("matrix.mdevs", check.table("matrix", state, ("mdevs",))["mdevs"])
+    if len(mdevs) > max_instances:
+        raise ValueError(f"matrix.mdevs: {len(mdevs)} mdevs, more than the "
+                         f"{max_instances} instances of the type")
+    saved: dict[str, Masks] = {}
+    owner: dict[Apqn, str] = {}
+    for index, item in enumerate(mdevs):
+        where = f"matrix.mdevs[{index}]"
+        item = check.table(where, item, MDEV_STATE)
+        uuid = item["uuid"]
+        if not isinstance(uuid, str) or len(uuid) != UUID_LEN or _canonical(uuid) != uuid:
+            raise ValueError(f"{where}.uuid: {uuid!r} is not a lower-case UUID")
+        if uuid in saved:
+            raise ValueError(f"{where}.uuid: mdev {uuid} is listed twice")
+        masks = []
+        for key, maximum in (("adapters", config.max_adapter_id),
+                             ("domains", config.max_domain_id),
+                             ("control_domains", config.max_domain_id)):
+            ids = check.sequence(f"{where}.{key}", item[key])
+            masks.append(bitmap.from_ids(
+                check.integer(f"{where}.{key}[{i}]", v, 0, maximum) for i, v in enumerate(ids)))
+        apm, aqm, adm = masks
+        for adapter in bitmap.ids(apm):
+            for domain in bitmap.ids(aqm):
+                other = owner.setdefault((adapter, domain), uuid)
+                if other != uuid:
+                    raise ValueError(f"{where}: queue {apqn_name(adapter, domain)} is "
+                                     f"assigned to both {other} and {uuid}")
+        saved[uuid] = (apm, aqm, adm)
+    return saved
 
 
 @dataclass(frozen=True)
@@ -188,13 +256,8 @@ class MatrixMdev:
         self.adm &= ~(1 << self._parse("unassign_control_domain", text, "domain"))
 
     def store_remove(self, text: str) -> None:
-        """mdev core ``remove``: ``kstrtoul(buf, 0)``, any parse failure EINVAL, 0 = no-op."""
         self._check_alive("remove")
-        try:
-            value = kstrtoul(text, 0, name="remove")
-        except DeviceError as exc:
-            raise DeviceError(errno.EINVAL, exc.message) from None
-        if value:
+        if remove_requested(text):
             self.matrix._remove(self)
 
     def show_adapters(self) -> str:
@@ -233,14 +296,14 @@ class ApMatrix:
         Attr("available_instances", 0o444),
     )
 
-    def __init__(self, bus: ApBus, *, max_instances: int = MAX_INSTANCES) -> None:
+    def __init__(self, bus: ApBus, *, max_instances: int | None = None) -> None:
         self.bus = bus
-        self.max_instances = max_instances
+        self.max_instances = bus.config.mdev_instances if max_instances is None else max_instances
         self.mdevs: dict[str, MatrixMdev] = {}
         self.guests: dict[str, GuestView] = {}
         self._owner: dict[Apqn, MatrixMdev] = {}
         self._in_use: dict[Apqn, str] = {}
-        bus.status_of = self._queue_status
+        bus.passthrough_ops = _MatrixOps(self)
 
     # -- the mdev type ---------------------------------------------------------------------
 
@@ -258,12 +321,7 @@ class ApMatrix:
 
     def create(self, text: str) -> MatrixMdev:
         """``uuidgen > create``: EINVAL bad UUID, EEXIST duplicate, EUSERS none left."""
-        uuid = _parse_uuid(text)
-        if uuid in self.mdevs:
-            raise DeviceError(errno.EEXIST, f"create: mdev {uuid} already exists")
-        if len(self.mdevs) >= self.max_instances:
-            raise DeviceError(errno.EUSERS, f"create: no instances left "
-                              f"(all {self.max_instances} in use)")
+        uuid = new_uuid(text, self.mdevs.keys(), self.max_instances)
         mdev = MatrixMdev(self, uuid)
         self.mdevs[uuid] = mdev
         return mdev
@@ -313,10 +371,7 @@ class ApMatrix:
 
         Running guests are runtime, not state: they stand for QEMU processes.
         """
-        return {"mdevs": [{"uuid": mdev.uuid, "adapters": list(bitmap.ids(mdev.apm)),
-                           "domains": list(bitmap.ids(mdev.aqm)),
-                           "control_domains": list(bitmap.ids(mdev.adm))}
-                          for mdev in self.mdevs.values()]}
+        return export_mdevs(self.mdevs.values())
 
     def restore_state(self, state: Any) -> None:
         """Make the mdevs exactly those of ``state`` (from :meth:`export_state`), in its order.
@@ -340,38 +395,8 @@ class ApMatrix:
         for mdev in old.values():
             mdev.alive = False
 
-    def check_state(self, state: Any) -> dict[str, tuple[int, int, int]]:
-        mdevs = check.sequence("matrix.mdevs", check.table("matrix", state, ("mdevs",))["mdevs"])
-        if len(mdevs) > self.max_instances:
-            raise ValueError(f"matrix.mdevs: {len(mdevs)} mdevs, more than the "
-                             f"{self.max_instances} instances of the type")
-        config = self.bus.config
-        saved: dict[str, tuple[int, int, int]] = {}
-        owner: dict[Apqn, str] = {}
-        for index, item in enumerate(mdevs):
-            where = f"matrix.mdevs[{index}]"
-            item = check.table(where, item, MDEV_STATE)
-            uuid = item["uuid"]
-            if not isinstance(uuid, str) or len(uuid) != UUID_LEN or _canonical(uuid) != uuid:
-                raise ValueError(f"{where}.uuid: {uuid!r} is not a lower-case UUID")
-            if uuid in saved:
-                raise ValueError(f"{where}.uuid: mdev {uuid} is listed twice")
-            masks = []
-            for key, maximum in (("adapters", config.max_adapter_id),
-                                 ("domains", config.max_domain_id),
-                                 ("control_domains", config.max_domain_id)):
-                ids = check.sequence(f"{where}.{key}", item[key])
-                masks.append(bitmap.from_ids(
-                    check.integer(f"{where}.{key}[{i}]", v, 0, maximum) for i, v in enumerate(ids)))
-            apm, aqm, adm = masks
-            for adapter in bitmap.ids(apm):
-                for domain in bitmap.ids(aqm):
-                    other = owner.setdefault((adapter, domain), uuid)
-                    if other != uuid:
-                        raise ValueError(f"{where}: queue {apqn_name(adapter, domain)} is "
-                                         f"assigned to both {other} and {uuid}")
-            saved[uuid] = (apm, aqm, adm)
-        return saved
+    def check_state(self, state: Any) -> dict[str, Masks]:
+        return check_mdevs(state, self.bus.config, self.max_instances)
 
     # -- internals shared with MatrixMdev --------------------------------------------------
 
@@ -403,10 +428,17 @@ class ApMatrix:
         del self.mdevs[mdev.uuid]
         mdev.alive = False
 
-    def _queue_status(self, queue: Queue) -> str:
+
+class _MatrixOps(PassthroughOps):
+    """vfio_ap_matrix's callbacks: only ``status`` (the 2017 bus has no masks to check)."""
+
+    def __init__(self, matrix: ApMatrix) -> None:
+        self.matrix = matrix
+
+    def status_of(self, queue: Queue) -> str:
         apqn = (queue.adapter, queue.domain)
-        if apqn in self._in_use:
+        if apqn in self.matrix._in_use:
             return "in use\n"
-        if apqn in self._owner:
+        if apqn in self.matrix._owner:
             return "assigned\n"
         return "unassigned\n"
