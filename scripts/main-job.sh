@@ -88,6 +88,10 @@ echo "+ echo \"vfio-ap,sysfsdev=/sys/bus/mdev/devices/$uuid1\" > \$VFIO/apfs/gue
 echo "vfio-ap,sysfsdev=/sys/bus/mdev/devices/$uuid1" >"$VFIO/apfs/guests/start"
 echo "== guest on $uuid1 (lszcrypt)"
 cat "$VFIO/apfs/guests/$uuid1/lszcrypt"
+echo "+ SYSFS_ROOT=\$VFIO/sys scripts/lszcrypt -V"
+SYSFS_ROOT="$VFIO/sys" scripts/lszcrypt -V
+echo "+ SYSFS_ROOT=\$VFIO/sys scripts/lszcrypt --guest \$uuid1"
+SYSFS_ROOT="$VFIO/sys" scripts/lszcrypt --guest "$uuid1"
 check_vfio() {
     local got
     got="$(paste -sd' ' "$VFIO/apfs/guests/$uuid1/apqns")"
