@@ -3,7 +3,9 @@
 Modules, each with one job: :mod:`~vdev.ap.cardtypes` (table of card types),
 :mod:`~vdev.ap.host` (the host LPAR configuration and its TOML format),
 :mod:`~vdev.ap.bitmap` (256-bit masks in s390 inv-bit order), :mod:`~vdev.ap.bus` (cards,
-queues, drivers, bind/unbind, bus attributes, apmask/aqmask), :mod:`~vdev.ap.matrix` (the
+queues, drivers, bind/unbind, bus attributes, apmask/aqmask), :mod:`~vdev.ap.mdev` (the mdev
+core both flavors share: create/remove, the type's files, the mdevs' durable state),
+:mod:`~vdev.ap.zcrypt` (host-side crypto requests), :mod:`~vdev.ap.matrix` (the
 2017 RFC's ``ap_matrix`` flavor: mediated matrix devices and guest views) and
 :mod:`~vdev.ap.vfio_ap` (upstream Linux's ``vfio_ap`` flavor).  Nothing here does I/O.
 """

@@ -32,22 +32,12 @@ shadow ``guest_apm``/``guest_aqm``/``guest_adm``; :attr:`VfioAp.mdevs` in creati
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 from vdev.ap import bitmap
 from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
-from vdev.ap.matrix import (
-    DEVICE_API,
-    TYPE_NAME,
-    Apqn,
-    GuestView,
-    Masks,
-    check_mdevs,
-    export_mdevs,
-    new_uuid,
-    remove_requested,
-)
+from vdev.ap.matrix import GuestView
+from vdev.ap.mdev import Apqn, MdevType, remove_requested
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtoul
 
@@ -254,22 +244,16 @@ class LiveGuest:
         return self.view().show_lszcrypt()
 
 
-class VfioAp:
+class VfioAp(MdevType):
     """``/sys/devices/vfio_ap/matrix``, its mdev type and mdevs, on an upstream ApBus."""
 
     ATTRS = (Attr("features", 0o444),)
-    TYPE_ATTRS = (
-        Attr("create", 0o200),
-        Attr("name", 0o444),
-        Attr("device_api", 0o444),
-        Attr("available_instances", 0o444),
-    )
+    MDEV = VfioMdev
 
     def __init__(self, bus: ApBus, *, max_instances: int | None = None) -> None:
         if not bus.flavor.masks:
             raise ValueError("the vfio_ap flavor needs a bus with apmask/aqmask")
-        self.bus = bus
-        self.max_instances = bus.config.mdev_instances if max_instances is None else max_instances
+        super().__init__(bus, max_instances)
         config = bus.config
         # QCI: what the host's AP configuration has; assignments beyond it are allowed
         # (over-provisioning) but filtered out of the guest matrix.
@@ -278,33 +262,10 @@ class VfioAp:
         self.host_apm = bitmap.from_ids(config.cards)
         self.host_aqm = bitmap.from_ids(config.domains)
         self.host_adm = bitmap.from_ids(config.control_domains or ())
-        self.mdevs: dict[str, VfioMdev] = {}
-        self.guests: dict[str, LiveGuest] = {}
         bus.passthrough_ops = _VfioApOps(self)
-
-    # -- the matrix device and its type ------------------------------------------------------
 
     def show_features(self) -> str:
         return f"{FEATURES}\n"
-
-    def show_name(self) -> str:
-        return f"{TYPE_NAME}\n"
-
-    def show_device_api(self) -> str:
-        return f"{DEVICE_API}\n"
-
-    def show_available_instances(self) -> str:
-        return f"{self.max_instances - len(self.mdevs)}\n"
-
-    def store_create(self, text: str) -> None:
-        self.create(text)
-
-    def create(self, text: str) -> VfioMdev:
-        """``uuidgen > create``: EINVAL bad UUID, EEXIST duplicate, EUSERS none left."""
-        uuid = new_uuid(text, self.mdevs.keys(), self.max_instances)
-        mdev = VfioMdev(self, uuid)
-        self.mdevs[uuid] = mdev
-        return mdev
 
     def remove(self, mdev: VfioMdev) -> None:
         if mdev.uuid in self.guests:
@@ -376,36 +337,11 @@ class VfioAp:
         if self.guests.pop(uuid.lower(), None) is None:
             raise DeviceError(errno.ENOENT, f"stop_guest: no guest runs with mdev {uuid}")
 
-    def stop_all_guests(self) -> None:
-        self.guests.clear()
-
-    # -- durable state -----------------------------------------------------------------------
-
-    def export_state(self) -> dict[str, Any]:
-        """The mdevs with their matrices, in creation order, as in the ap_matrix flavor.
-        Guest matrices are not state: they follow from the matrices and the bindings."""
-        return export_mdevs(self.mdevs.values())
-
-    def check_state(self, state: Any) -> dict[str, Masks]:
-        return check_mdevs(state, self.bus.config, self.max_instances)
-
-    def restore_state(self, state: Any) -> None:
-        """Make the mdevs exactly those of ``state``; call after the bus is restored (the
-        guest matrices are filtered again against its bindings).  An mdev whose UUID exists
-        now keeps its object; a guest running on a removed one stops."""
-        saved = self.check_state(state)
-        for uuid in [u for u in self.guests if u not in saved]:
-            self.stop_guest(uuid)
-        old = self.mdevs
-        self.mdevs = {}
-        for uuid, (apm, aqm, adm) in saved.items():
-            mdev = old.pop(uuid, None) or VfioMdev(self, uuid)
-            mdev.apm, mdev.aqm, mdev.adm = apm, aqm, adm
-            self.mdevs[uuid] = mdev
+    def _restored(self) -> None:
+        """Guest matrices are not state: they follow from the matrices and the bindings."""
+        for mdev in self.mdevs.values():
             self.filter_matrix(mdev)
             self.filter_cdoms(mdev)
-        for mdev in old.values():
-            mdev.alive = False
 
 
 class _VfioApOps(PassthroughOps):
