@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from vdev.ap import bitmap
 from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
-from vdev.ap.mdev import Apqn, MdevType, remove_requested
+from vdev.ap.mdev import ASSIGN_ATTRS, Apqn, MdevType, remove_requested
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtoul
 
@@ -90,12 +90,7 @@ class MatrixMdev:
     """A mediated matrix device ``/sys/devices/ap_matrix/matrix/$uuid``."""
 
     ATTRS = (
-        Attr("assign_adapter", 0o200),
-        Attr("unassign_adapter", 0o200),
-        Attr("assign_domain", 0o200),
-        Attr("unassign_domain", 0o200),
-        Attr("assign_control_domain", 0o200),
-        Attr("unassign_control_domain", 0o200),
+        *ASSIGN_ATTRS,
         Attr("remove", 0o200),
         Attr("adapters", 0o444),
         Attr("domains", 0o444),

@@ -37,6 +37,10 @@ MDEV_STATE = ("uuid", "adapters", "domains", "control_domains")
 
 Apqn = tuple[int, int]
 
+ASSIGN_ATTRS = tuple(Attr(f"{verb}_{what}", 0o200) for what in ("adapter", "domain",
+                     "control_domain") for verb in ("assign", "unassign"))
+"""The six write-only files of every AP mdev, in the kernel's order."""
+
 
 def _parse_uuid(text: str) -> str:
     """mdev core ``create``: 36 or 37 bytes, the first 36 a UUID (``uuid_is_valid``).

@@ -37,7 +37,7 @@ from vdev.ap import bitmap
 from vdev.ap.bus import ApBus, Attr, PassthroughOps, Queue, apqn_name
 from vdev.ap.cardtypes import CardType
 from vdev.ap.matrix import GuestView
-from vdev.ap.mdev import Apqn, MdevType, remove_requested
+from vdev.ap.mdev import ASSIGN_ATTRS, Apqn, MdevType, remove_requested
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtoul
 
@@ -67,12 +67,7 @@ class VfioMdev:
     """A mediated device ``/sys/devices/vfio_ap/matrix/<uuid>``."""
 
     ATTRS = (
-        Attr("assign_adapter", 0o200),
-        Attr("unassign_adapter", 0o200),
-        Attr("assign_domain", 0o200),
-        Attr("unassign_domain", 0o200),
-        Attr("assign_control_domain", 0o200),
-        Attr("unassign_control_domain", 0o200),
+        *ASSIGN_ATTRS,
         Attr("ap_config", 0o644),
         Attr("control_domains", 0o444),
         Attr("matrix", 0o444),
