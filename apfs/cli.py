@@ -13,9 +13,9 @@ import sys
 import time
 
 from apfs import mountinfo, preflight, run
+from apfs.host import DEFAULT_CONFIG_TOML
 from apfs.options import add_mount_options, daemon_argv, daemon_command
 from apfs.unmount import UnmountError, unmount
-from vdev.ap.host import DEFAULT_HOST_TOML
 
 READY_TIMEOUT = 30.0
 CHILD_STOP_TIMEOUT = 2.0
@@ -188,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_default_config(args: argparse.Namespace) -> int:
-    sys.stdout.write(DEFAULT_HOST_TOML)
+    sys.stdout.write(DEFAULT_CONFIG_TOML)
     return 0
 
 

@@ -95,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(ready_fd, f"--log {args.log}: cannot open it: {exc.strerror}")
     mounted = False
     owner_fd = None
+    host = None
     try:
         owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
         host = build_host(args.config, args.flavor)
@@ -113,6 +114,8 @@ def serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         if mounted:
             pyfuse3.close(unmount=True)
+        if host is not None:
+            host.close()
         return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
         trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd)
@@ -123,6 +126,7 @@ def serve(args: argparse.Namespace) -> int:
         # pyfuse3 unmounts by closing /dev/fuse first, then detaching: nothing can block.
         pyfuse3.close(unmount=_still_mounted(mountpoint, device))
         pidfile.release(pid_path)
+        host.close()  # the vTPMs: powered off, worker processes ended
         log.info("apfs: stopped")
     return 0
 

@@ -153,7 +153,7 @@ class SysfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes, DeviceError], None],
+    def __init__(self, tree: Tree, on_refusal: Callable[[str, bytes | None, DeviceError], None],
                  kernel: KernelCache | None = None,
                  on_write: Callable[[str], None] | None = None):
         super().__init__()
@@ -290,7 +290,13 @@ class SysfsOperations(pyfuse3.Operations):
         return opened
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return self._live(fh).handle.read(offset, size)
+        opened = self._live(fh)
+        try:
+            return opened.handle.read(offset, size)
+        except DeviceError as exc:
+            # A show() that fails (a PCR read of a powered-off TPM) is logged like a refusal.
+            self._on_refusal(self.tree.path_of(opened.found), None, exc)
+            raise
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         opened = self._live(fh)

@@ -2,7 +2,10 @@
 
 The mount root holds ``sys/`` (the sysfs tree, so ``SYSFS_ROOT=<mount>/sys`` works for
 s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``reset``, ``guests/``,
-``zcrypt/request``).
+``zcrypt/request``, ``tpm/<name>/``).
+
+Beside the AP bus a host has the vTPMs of its ``[[tpm]]`` tables (:mod:`apfs.tpm.tree`),
+booted at mount and closed by :meth:`Host.close`; their state is not part of ``--state`` yet.
 
 Two flavors of the same AP bus (:data:`FLAVORS`): the seed's ``ap_matrix`` (2017 RFC) and
 upstream Linux's ``vfio_ap``; each has its bus rules, passthrough model and tree.
@@ -30,15 +33,20 @@ from apfs.ap.guests import GuestControl, guests_directory
 from apfs.kernfs import DirKind, Snapshot, Subdir, directory, resolve, wo
 from apfs.kmsg import KernelLog
 from apfs.state import StateError, StateStore
+from apfs.tpm import tree as tpm_tree
 from apfs.tree import Tree
 from vdev import state as check
 from vdev.ap.bus import AP_MATRIX_FLAVOR, VFIO_AP_FLAVOR, ApBus, BusFlavor
-from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig
+from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig, parse_toml
 from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
 from vdev.ap.vfio_ap import LiveGuest, VfioAp, VfioMdev
 from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool
+from vdev.tpm.config import TpmConfig, parse_tpm_tables
+from vdev.tpm.errors import TpmError
+from vdev.tpm.libtpms import libtpms
+from vdev.tpm.vtpm import VTpm, open_engine
 
 log = logging.getLogger("apfs")
 
@@ -46,28 +54,56 @@ LOG_EXCERPT = 80
 """How much of a refused value a log line quotes."""
 
 
-def load_config(path: str | None, flavor: str | None = None) -> HostConfig:
-    """The host described by a TOML file, or the embedded default (the seed's host);
-    ``flavor`` (``--flavor``) replaces the file's."""
-    text = DEFAULT_HOST_TOML if path is None else Path(path).read_text()
-    return HostConfig.from_toml(text, flavor)
+DEFAULT_CONFIG_TOML = DEFAULT_HOST_TOML + """
+# One vTPM (libtpms TPM 2.0): sys/class/tpm/tpm0 and apfs/tpm/tpm0/.
+[[tpm]]
+name = "tpm0"
+"""
+"""The embedded default: the seed's AP host and one vTPM.  A file without ``[[tpm]]`` tables
+has no TPM."""
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """What a host TOML describes: the AP host (``[host]``, ``[[card]]``, ``[bindings]``) and
+    the vTPMs (``[[tpm]]``, :mod:`vdev.tpm.config`)."""
+
+    host: HostConfig
+    tpms: tuple[TpmConfig, ...] = ()
+
+
+def load_config(path: str | None, flavor: str | None = None) -> MountConfig:
+    """The host described by a TOML file, or the embedded default (the seed's host and
+    ``tpm0``); ``flavor`` (``--flavor``) replaces the file's."""
+    text = DEFAULT_CONFIG_TOML if path is None else Path(path).read_text()
+    doc = parse_toml(text)
+    tables = doc.pop("tpm", [])
+    # Only a table naming a profile needs to know what the installed libtpms offers.
+    wants_profile = isinstance(tables, list) and any(
+        isinstance(table, dict) and "profile" in table for table in tables)
+    tpms = parse_tpm_tables(
+        tables, profiles_supported=wants_profile and libtpms().has("TPMLIB_SetProfile"))
+    return MountConfig(HostConfig.from_document(doc, flavor), tpms)
 
 
 def build_host(config_path: str | None, flavor: str | None = None) -> Host:
     """Parse the configuration and build the models; every mistake names the file."""
     try:
         return Host(load_config(config_path, flavor))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TpmError) as exc:
         raise ValueError(f"{config_path or 'default configuration'}: {exc}") from None
 
 
 class Host:
-    """The models behind one mount and the :class:`Tree` over them."""
+    """The models behind one mount and the :class:`Tree` over them; :meth:`close` ends
+    its vTPMs (worker processes included)."""
 
-    def __init__(self, config: HostConfig) -> None:
-        flavor = FLAVORS[config.flavor]
+    def __init__(self, config: MountConfig) -> None:
+        flavor = FLAVORS[config.host.flavor]
         self.kmsg = KernelLog()
-        self.bus = ApBus(config, flavor.bus)
+        self.tpms = _boot_tpms(config.tpms)
+        """Chip name (``tpm0``) → vTPM, in configuration order."""
+        self.bus = ApBus(config.host, flavor.bus)
         self.matrix: Any = flavor.model(self.bus)
         self.zcrypt = Zcrypt(self.bus)
         self.root = flavor.root
@@ -77,6 +113,17 @@ class Host:
         self._initial = self.export_state()
         self._store: StateStore | None = None
         self._committed: dict[str, Any] = self._initial
+
+    def close(self) -> None:
+        """Power the vTPMs off and end their worker processes; idempotent."""
+        for tpm in self.tpms.values():
+            tpm.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def export_state(self) -> dict[str, Any]:
         """Everything writes can change, as plain JSON data (running guests excluded)."""
@@ -147,11 +194,35 @@ class Host:
         if kstrtobool(text, name="reset"):
             self.reset()
 
-    def log_refusal(self, path: str, data: bytes, exc: DeviceError) -> None:
+    def log_refusal(self, path: str, data: bytes | None, exc: DeviceError) -> None:
+        """One log line for a refused write of ``data``, or a failed read (``None``)."""
+        if data is None:
+            log.warning("%s: read refused with %s (%s): %s", path, exc.errno_name,
+                        os.strerror(exc.errno), exc.message)
+            return
         value = data[:LOG_EXCERPT].decode("latin-1")
         more = "..." if len(data) > LOG_EXCERPT else ""
         log.warning("%s: write %r%s refused with %s (%s): %s", path, value, more,
                     exc.errno_name, os.strerror(exc.errno), exc.message)
+
+
+def _boot_tpms(configs: tuple[TpmConfig, ...]) -> dict[str, VTpm]:
+    """Start and boot each configured vTPM; if one fails, those started are closed."""
+    tpms: dict[str, VTpm] = {}
+    try:
+        for index, config in enumerate(configs):
+            tpm = VTpm(config, index, open_engine())
+            tpms[tpm.device_name] = tpm
+            tpm.boot()
+    except BaseException:
+        for tpm in tpms.values():
+            tpm.close()
+        raise
+    return tpms
+
+
+def _tpms(host: Host) -> dict[str, VTpm]:
+    return host.tpms
 
 
 def _bus(host: Host) -> ApBus:
@@ -169,10 +240,13 @@ SYSFS = directory(
                             Subdir("ap_matrix", matrix_tree.BUS, _matrix),
                             Subdir("mdev", matrix_tree.MDEV_BUS, _matrix))),
     Subdir("class", directory("class",
-                              Subdir("mdev_bus", matrix_tree.MDEV_BUS_CLASS, _matrix))),
+                              Subdir("mdev_bus", matrix_tree.MDEV_BUS_CLASS, _matrix),
+                              Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
+                              Subdir("tpmrm", tpm_tree.CLASS_TPMRM, _tpms))),
     Subdir("devices", directory("devices",
                                 bus_tree.devices_dir(_bus),
-                                Subdir("ap_matrix", matrix_tree.DEVICES, _matrix))),
+                                Subdir("ap_matrix", matrix_tree.DEVICES, _matrix),
+                                Subdir("platform", tpm_tree.PLATFORM, _tpms))),
 )
 
 VFIO_SYSFS = directory(
@@ -181,10 +255,14 @@ VFIO_SYSFS = directory(
                             bus_tree.bus_dir(_bus),
                             Subdir("matrix", vfio_tree.BUS, _matrix),
                             Subdir("mdev", vfio_tree.MDEV_BUS, _matrix))),
-    Subdir("class", directory("class", Subdir("mdev_bus", vfio_tree.MDEV_CLASS, _matrix))),
+    Subdir("class", directory("class",
+                              Subdir("mdev_bus", vfio_tree.MDEV_CLASS, _matrix),
+                              Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
+                              Subdir("tpmrm", tpm_tree.CLASS_TPMRM, _tpms))),
     Subdir("devices", directory("devices",
                                 bus_tree.devices_dir(_bus),
-                                Subdir("vfio_ap", vfio_tree.DEVICES, _matrix))),
+                                Subdir("vfio_ap", vfio_tree.DEVICES, _matrix),
+                                Subdir("platform", tpm_tree.PLATFORM, _tpms))),
 )
 
 
@@ -196,6 +274,7 @@ def _control(guest_class: type) -> DirKind:
         Subdir("guests", guests_directory(guest_class), lambda host: host.guests),
         Subdir("zcrypt", directory("zcrypt", *attribute_files(Zcrypt, Zcrypt.ATTRS)),
                lambda host: host.zcrypt),
+        Subdir("tpm", tpm_tree.CONTROLS, _tpms),
     )
 
 

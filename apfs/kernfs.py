@@ -382,9 +382,13 @@ def directory(name: str, *entries: Entry | FileSpec) -> DirKind:
 
 
 def relative_link(link_dir: Path, target: Path) -> str:
-    """The kernel's symlink text: up to the common ancestor, then down (kernfs_get_target_path)."""
+    """The kernel's symlink text: up to the common ancestor, then down (kernfs_get_target_path).
+
+    The walk up stops at an ancestor of the target's *parent*, so a link to an ancestor of
+    its own directory names it: ``virtio0/tpm/tpm0/device`` is ``../../../virtio0``.
+    """
     common = 0
-    for a, b in zip(link_dir, target, strict=False):
+    for a, b in zip(link_dir, target[:-1], strict=False):
         if a != b:
             break
         common += 1

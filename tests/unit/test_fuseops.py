@@ -228,6 +228,8 @@ async def test_links_are_relative_to_their_directory(ops: SysfsOperations) -> No
      "../../../../bus/ap/drivers/cex4queue"),
     (("m", "uuid"), ("m", "types", "t"), "../types/t"),
     (("a",), ("a", "b"), "b"),
+    # A link to an ancestor of its directory, as the kernel writes it.
+    (("d", "virtio0", "tpm", "tpm0"), ("d", "virtio0"), "../../../virtio0"),
 ])
 def test_relative_link_goes_up_to_the_common_ancestor(link_dir, target, text) -> None:
     assert relative_link(link_dir, target) == text

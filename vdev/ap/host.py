@@ -158,10 +158,12 @@ class HostConfig:
 
         ``flavor`` (``apfs mount --flavor``) replaces the file's ``host.flavor``.
         """
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"host configuration is not valid TOML: {exc}") from exc
+        return cls.from_document(parse_toml(text), flavor)
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], flavor: str | None = None) -> HostConfig:
+        """As :meth:`from_toml`, from the parsed document (whose other devices' tables,
+        such as ``[[tpm]]``, the caller has taken out)."""
         _only_keys("top level", doc, ("host", "card", "bindings"))
         host = doc.get("host", {})
         _only_keys("[host]", host, ("domains", "control_domains", "max_adapter_id",
@@ -220,6 +222,14 @@ class HostConfig:
     def grid(cls, n_adapters: int, n_domains: int, type: str = "CEX5C") -> HostConfig:
         """An ``n_adapters`` x ``n_domains`` host (ids from 0) of one card type, for benchmarks."""
         return cls(cards=dict.fromkeys(range(n_adapters), type), domains=tuple(range(n_domains)))
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """The TOML document; ``ValueError`` saying where it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"host configuration is not valid TOML: {exc}") from exc
 
 
 def _check_id(key: str, value: int, maximum: int) -> None:

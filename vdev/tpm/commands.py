@@ -141,6 +141,28 @@ def parse_pcr_read(response: bytes) -> list[bytes]:
     return digests
 
 
+def parse_pcr_allocation(response: bytes) -> list[str]:
+    """The banks a successful GetCapability(TPM_CAP_PCRS) response shows with at least one
+    PCR selected, in the response's order: what the kernel's ``tpm2_get_pcr_allocation``
+    counts as allocated (banks of unknown algorithms are left out, as sysfs has no name for
+    them)."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"GetCapability(PCRS) failed with TPM response code {rc:#x}")
+    names = {alg: bank for bank, (alg, _size) in HASH_ALGS.items()}
+    offset = HEADER_SIZE + 1 + 4  # moreData, capability
+    (count,) = struct.unpack_from(">I", response, offset)
+    offset += 4
+    banks = []
+    for _ in range(count):
+        alg, size = struct.unpack_from(">HB", response, offset)
+        select = response[offset + 3:offset + 3 + size]
+        offset += 3 + size
+        if any(select) and alg in names:
+            banks.append(names[alg])
+    return banks
+
+
 def _password_auth() -> bytes:
     """An authorization area: the password session with an empty password."""
     auth = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)  # handle, nonce, attributes, hmac

@@ -1,0 +1,86 @@
+"""The vTPMs in the mount: where their sysfs directories and control files sit.
+
+A guest kernel shows a TPM 2.0 behind a virtio-mmio transport as::
+
+    sys/devices/platform/virtio-mmio.N/virtioN/       device, vendor
+        tpm/tpmN/      tpm_version_major, dev, pcr-<bank>/0..23, device -> ../../../virtioN
+        tpmrm/tpmrmN/  dev, device -> ../../../virtioN
+    sys/class/tpm/tpmN     -> ../../devices/platform/virtio-mmio.N/virtioN/tpm/tpmN
+    sys/class/tpmrm/tpmrmN -> ../../devices/platform/virtio-mmio.N/virtioN/tpmrm/tpmrmN
+
+and apfs adds ``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
+``locality``, ``established``, ``info``.  Every file's content is a method of
+:class:`vdev.tpm.vtpm.VTpm`; this module knows only names, modes and places.  Directories
+take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from apfs.kernfs import Attr, Link, Links, Path, Subdir, Subdirs, directory, ro, rw, wo
+from vdev.tpm.commands import PCR_COUNT
+from vdev.tpm.virtio import VIRTIO_ID_TPM
+from vdev.tpm.vtpm import PcrBank, VTpm
+
+VIRTIO_MMIO_VENDOR = 0x554D4551
+"""The virtio-mmio VendorID register of QEMU's devices ("QEMU"), what ``vendor`` shows."""
+
+Tpms = Mapping[str, VTpm]
+
+
+def virtio_path(tpm: VTpm) -> Path:
+    return ("sys", "devices", "platform", f"virtio-mmio.{tpm.index}", f"virtio{tpm.index}")
+
+
+def _pcr_file(index: int) -> Attr:
+    return ro(str(index), lambda bank: PcrBank.show_pcr(bank, index))
+
+
+PCR_BANK = directory("pcr-bank", *(_pcr_file(i) for i in range(PCR_COUNT)))
+
+TPM = directory(
+    "tpm",
+    ro("tpm_version_major", VTpm.show_tpm_version_major),
+    ro("dev", VTpm.show_dev),
+    Subdirs(PCR_BANK, lambda tpm: tpm.pcr_banks, stable=True),
+    Link("device", virtio_path),
+)
+
+TPMRM = directory("tpmrm", ro("dev", VTpm.show_rm_dev), Link("device", virtio_path))
+
+VIRTIO = directory(
+    "virtio",
+    ro("device", lambda tpm: f"{VIRTIO_ID_TPM:#06x}\n"),
+    ro("vendor", lambda tpm: f"{VIRTIO_MMIO_VENDOR:#010x}\n"),
+    Subdir("tpm", directory("tpm", Subdirs(TPM, lambda t: {t.device_name: t}, stable=True))),
+    Subdir("tpmrm", directory("tpmrm", Subdirs(TPMRM, lambda t: {f"tpmrm{t.index}": t},
+                                                stable=True))),
+)
+
+PLATFORM = directory(
+    "platform",
+    Subdirs(directory("virtio-mmio", Subdirs(VIRTIO, lambda t: {f"virtio{t.index}": t},
+                                             stable=True)),
+            lambda tpms: {f"virtio-mmio.{t.index}": t for t in tpms.values()}, stable=True),
+)
+
+CLASS_TPM = directory(
+    "tpm", Links(lambda tpms: tpms, lambda t: (*virtio_path(t), "tpm", t.device_name), stable=True))
+
+CLASS_TPMRM = directory(
+    "tpmrm",
+    Links(lambda tpms: {f"tpmrm{t.index}": t for t in tpms.values()},
+          lambda t: (*virtio_path(t), "tpmrm", f"tpmrm{t.index}"), stable=True))
+
+CONTROL = directory(
+    "tpm",
+    rw("power", VTpm.show_power, VTpm.store_power),
+    wo("reset", VTpm.store_reset),
+    rw("locality", VTpm.show_locality, VTpm.store_locality),
+    rw("established", VTpm.show_established, VTpm.store_established),
+    ro("info", VTpm.show_info),
+)
+
+CONTROLS = directory("tpm", Subdirs(CONTROL, lambda tpms: {t.name: t for t in tpms.values()},
+                                    stable=True))
