@@ -72,6 +72,11 @@ class MountConfig:
     tpms: tuple[TpmConfig, ...] = ()
 
 
+def ap_only(config: MountConfig) -> MountConfig:
+    """``config`` without its vTPMs: for models of the AP side alone (tests' replays)."""
+    return MountConfig(config.host)
+
+
 def load_config(path: str | None, flavor: str | None = None) -> MountConfig:
     """The host described by a TOML file, or the embedded default (the seed's host and
     ``tpm0``); ``flavor`` (``--flavor``) replaces the file's."""

@@ -30,7 +30,7 @@ from helpers import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from apfs.host import Host, load_config
+from apfs.host import Host, ap_only, load_config
 from vdev.errors import DeviceError
 
 EXAMPLES = 300
@@ -107,7 +107,7 @@ def mount_is_alive(root: Path) -> None:
 
 def replay(accepted: list[Write]) -> Host:
     """A fresh default host that saw the accepted writes only, in order."""
-    host = Host(load_config(None))
+    host = Host(ap_only(load_config(None)))
     for i, (relpath, data) in enumerate(accepted):
         try:
             apply_in_process(host, relpath, data)

@@ -26,7 +26,7 @@ from conftest import apfs
 from helpers import differences, in_proc_mounts, model_snapshot, snapshot
 from workload import MATRIX, model_write, random_write
 
-from apfs.host import Host, load_config
+from apfs.host import Host, ap_only, load_config
 from apfs.options import daemon_command
 
 CYCLES = int(os.environ.get("APFS_CRASH_CYCLES", "200"))
@@ -134,7 +134,7 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_write(tmp_path: P
     state = tmp_path / "state"
     log = tmp_path / "daemon.log"
     rng = random.Random(20261130)
-    model = Host(load_config(None))
+    model = Host(ap_only(load_config(None)))
     outcome: Counter[str] = Counter()
     daemon: subprocess.Popen[bytes] | None = None
     in_flight: Write | None = None

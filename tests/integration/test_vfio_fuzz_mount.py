@@ -27,7 +27,7 @@ from helpers import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from apfs.host import Host, load_config
+from apfs.host import Host, ap_only, load_config
 from vdev.ap import bitmap
 from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.errors import DeviceError
@@ -76,7 +76,7 @@ def pick(relpath: str, drawn: tuple[dict[str, str], str, bytes, int]) -> bytes:
 
 
 def replay(accepted: list[Write]) -> Host:
-    host = Host(load_config(None, "vfio_ap"))
+    host = Host(ap_only(load_config(None, "vfio_ap")))
     for i, (relpath, data) in enumerate(accepted):
         try:
             apply_in_process(host, relpath, data)

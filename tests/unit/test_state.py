@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from apfs.host import Host, load_config
+from apfs.host import Host, ap_only, load_config
 from tests.integration.helpers import apply_in_process, differences, model_snapshot
 from tests.integration.workload import MATRIX, TYPE_DIR, UUIDS, model_write, random_write
 from vdev.errors import DeviceError
@@ -39,7 +39,7 @@ SEED_SETUP = [
 
 
 def fresh() -> Host:
-    return Host(load_config(None))
+    return Host(ap_only(load_config(None)))
 
 
 def seeded() -> Host:
@@ -204,7 +204,7 @@ VFIO_SETUP = [
 
 
 def vfio_host() -> Host:
-    return Host(load_config(None, "vfio_ap"))
+    return Host(ap_only(load_config(None, "vfio_ap")))
 
 
 def test_vfio_ap_round_trip_restores_masks_mdevs_and_guest_matrices() -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from apfs.host import Host, load_config
+from apfs.host import Host, ap_only, load_config
 from apfs.state import StateError, StateStore, config_fingerprint, decode, encode
 from vdev.ap.host import HostConfig
 
-FINGERPRINT = config_fingerprint(load_config(None))
-STATE = Host(load_config(None)).export_state()
+FINGERPRINT = config_fingerprint(load_config(None).host)
+STATE = Host(ap_only(load_config(None))).export_state()
 PATH = Path("/srv/apfs/state")
 
 
