@@ -39,6 +39,9 @@ TPM_DYNAMIC_MAJOR = 253
 """The major ``alloc_chrdev_region`` gives the tpm class (dynamic; 253 on the usual x86
 kernel): further chips are ``253:N`` and the resource managers ``253:65536+N``."""
 TPM_NUM_DEVICES = 65536
+BOOT_LOCALITY = 0
+"""Where the firmware's Startup and the driver's probe come from: a PC's BIOS and OS run at
+locality 0 (Startup is refused from localities 1 and 2, TPM_RC_LOCALITY)."""
 TPM_BAD_LOCALITY = 0x3D
 """The TPM_RESULT libtpms answers when the established flag is reset from locality < 3."""
 
@@ -70,8 +73,8 @@ class VTpm:
         self.index = index
         self.engine = engine
         self.locality = 0
-        """The locality of the commands apfs sends through this TPM's nodes (PCR reads,
-        the firmware's Startup); 0 as for an OS."""
+        """The locality of what the mount sends this TPM on a guest's behalf (PCR reads,
+        resetting the established flag); 0 as for an OS."""
         self.pcr_banks: dict[str, PcrBank] = {}
         """``pcr-<bank>`` → bank, as the guest driver found them at probe."""
 
@@ -107,7 +110,8 @@ class VTpm:
         self._expect("Startup(CLEAR)", commands.startup(commands.TPM_SU_CLEAR))
 
     def _expect(self, what: str, command: bytes) -> bytes:
-        response = self.engine.execute(command, self.locality)
+        """A boot-time command that must succeed, sent from the boot locality."""
+        response = self.engine.execute(command, BOOT_LOCALITY)
         rc = commands.response_code(response)
         if rc != commands.TPM_RC_SUCCESS:
             raise DeviceError(errno.EIO, f"{self.name}: {what} failed with TPM response "
