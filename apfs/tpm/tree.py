@@ -10,13 +10,12 @@ A guest kernel shows a TPM 2.0 behind a virtio-mmio transport as::
 
 and apfs adds ``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
 ``locality``, ``established``, ``info``.  Every file's content is a method of
-:class:`vdev.tpm.vtpm.VTpm`; this module knows only names, modes and places.  Directories
+:class:`vdev.tpm.vtpm.VTpm` (but the virtio transport's two constants); this module knows
+only names, modes and places.  Directories
 take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 from apfs.kernfs import Attr, Link, Links, Path, Subdir, Subdirs, directory, ro, rw, wo
 from vdev.tpm.commands import PCR_COUNT
@@ -25,9 +24,6 @@ from vdev.tpm.vtpm import PcrBank, VTpm
 
 VIRTIO_MMIO_VENDOR = 0x554D4551
 """The virtio-mmio VendorID register of QEMU's devices ("QEMU"), what ``vendor`` shows."""
-
-Tpms = Mapping[str, VTpm]
-
 
 def virtio_path(tpm: VTpm) -> Path:
     return ("sys", "devices", "platform", f"virtio-mmio.{tpm.index}", f"virtio{tpm.index}")
@@ -54,7 +50,7 @@ VIRTIO = directory(
     ro("device", lambda tpm: f"{VIRTIO_ID_TPM:#06x}\n"),
     ro("vendor", lambda tpm: f"{VIRTIO_MMIO_VENDOR:#010x}\n"),
     Subdir("tpm", directory("tpm", Subdirs(TPM, lambda t: {t.device_name: t}, stable=True))),
-    Subdir("tpmrm", directory("tpmrm", Subdirs(TPMRM, lambda t: {f"tpmrm{t.index}": t},
+    Subdir("tpmrm", directory("tpmrm", Subdirs(TPMRM, lambda t: {t.rm_device_name: t},
                                                 stable=True))),
 )
 
@@ -70,8 +66,8 @@ CLASS_TPM = directory(
 
 CLASS_TPMRM = directory(
     "tpmrm",
-    Links(lambda tpms: {f"tpmrm{t.index}": t for t in tpms.values()},
-          lambda t: (*virtio_path(t), "tpmrm", f"tpmrm{t.index}"), stable=True))
+    Links(lambda tpms: {t.rm_device_name: t for t in tpms.values()},
+          lambda t: (*virtio_path(t), "tpmrm", t.rm_device_name), stable=True))
 
 CONTROL = directory(
     "tpm",

@@ -15,7 +15,7 @@ import errno
 import os
 from pathlib import Path
 
-from conftest import Mount
+from conftest import MountFactory
 from helpers import (
     LOG,
     MATRIX,
@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from apfs.host import Host, ap_only, load_config
+from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.errors import DeviceError
 
 EXAMPLES = 300
@@ -117,8 +118,10 @@ def replay(accepted: list[Write]) -> Host:
     return host
 
 
-def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(mount: Mount,
+def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(mount_factory: MountFactory,
                                                            tmp_path: Path) -> None:
+    # The AP host alone: a vTPM powered off by a fuzzed write makes its PCR files unreadable.
+    mount = mount_factory(DEFAULT_HOST_TOML)
     root = mount.root
     accepted: list[Write] = []
     outcomes: dict[int, int] = {}

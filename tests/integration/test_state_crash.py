@@ -28,6 +28,7 @@ from workload import MATRIX, model_write, random_write
 
 from apfs.host import Host, ap_only, load_config
 from apfs.options import daemon_command
+from vdev.ap.host import DEFAULT_HOST_TOML
 
 CYCLES = int(os.environ.get("APFS_CRASH_CYCLES", "200"))
 KILL_WITHIN = 0.12
@@ -38,10 +39,13 @@ DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def start_daemon(root: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
+    # The AP host alone: TPM state is not durable yet, and the model has no vTPM.
+    config = state.parent / "host.toml"
+    config.write_text(DEFAULT_HOST_TOML)
     read_end, write_end = os.pipe()
     daemon = subprocess.Popen(
         [*daemon_command(), "--ready-fd", str(write_end), "--state",
-         str(state), "--log", str(log), str(root)],
+         str(state), "--log", str(log), "--config", str(config), str(root)],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     os.close(write_end)

@@ -19,8 +19,10 @@ guest's driver times out on every command.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from vdev.errors import DeviceError
@@ -85,6 +87,11 @@ class VTpm:
     @property
     def device_name(self) -> str:
         return f"tpm{self.index}"
+
+    @property
+    def rm_device_name(self) -> str:
+        """Its resource manager's name (``tpmrm<index>``)."""
+        return f"tpmrm{self.index}"
 
     def boot(self) -> None:
         """Manufacture (PCR banks of the configuration), power on, Startup(CLEAR), probe.
@@ -166,10 +173,22 @@ class VTpm:
         else:
             self.engine.power_off()
 
+    @contextlib.contextmanager
+    def _powered(self, what: str) -> Iterator[None]:
+        """A control that needs a powered TPM: ENODEV otherwise, as for an offline device."""
+        try:
+            yield
+        except TpmStateError:
+            if self.engine.powered:
+                raise
+            raise DeviceError(errno.ENODEV, f"{what}: {self.name} is powered off "
+                                            "(echo 1 > power first)") from None
+
     def store_reset(self, text: str) -> None:
         """``1``: platform reset (_TPM_Init) and the firmware's Startup(CLEAR) again."""
         if kstrtobool(text, name="reset"):
-            self.engine.reset()
+            with self._powered("reset"):
+                self.engine.reset()
             self._startup()
 
     def show_locality(self) -> str:
@@ -181,7 +200,8 @@ class VTpm:
         self.locality = locality
 
     def show_established(self) -> str:
-        return f"{int(self.engine.established())}\n"
+        with self._powered("established"):
+            return f"{int(self.engine.established())}\n"
 
     def store_established(self, text: str) -> None:
         """``0`` clears the TPM-established flag; the TPM allows it from locality 3 or 4."""
@@ -189,7 +209,8 @@ class VTpm:
             raise DeviceError(errno.EINVAL, f"established: {text.strip()!r}: only a hash "
                                             "start sets the flag; write 0 to reset it")
         try:
-            self.engine.reset_established(self.locality)
+            with self._powered("established"):
+                self.engine.reset_established(self.locality)
         except TpmLibraryError as exc:
             if exc.rc != TPM_BAD_LOCALITY:
                 raise
