@@ -156,3 +156,23 @@ def test_bad_tpm_tables_are_refused_at_mount_naming_the_key(
         mount_factory: MountFactory, table: str, error: str) -> None:
     with pytest.raises(MountError, match=re.escape(error)):
         mount_factory(DEFAULT_HOST_TOML + "\n[[tpm]]\n" + table + "\n")
+
+
+GARBAGE = ["1\n", "0\n", "", "\0", "on", "-1", "0x10", "4294967296", "y\0junk", "z" * 5000,
+           "\xff\xfe", "3\n"]
+
+
+def test_any_value_in_any_power_state_is_accepted_or_refused_never_an_internal_error(
+        mount: Mount) -> None:
+    for power in ("1\n", "0\n"):
+        for name in ("power", "reset", "locality", "established"):
+            for value in GARBAGE:
+                mount.write(f"{CTL}/power", power)
+                try:
+                    mount.write(f"{CTL}/{name}", value.encode("latin-1"))
+                except OSError as exc:
+                    assert exc.errno != errno.EIO, (power, name, value)
+    assert os.path.ismount(mount.root)
+    assert "internal error" not in mount.log()
+    assert mount.bash(f"echo 1 > {CTL}/power && cat {TPM0}/pcr-sha256/16").stdout == (
+        ZERO256 + "\n")
