@@ -3,7 +3,8 @@
 ``libtpms`` (ctypes binding) → ``engine.Tpm`` (one per process) / ``worker.TpmWorker`` (one
 per child process, same API) → ``virtio.VirtioTpm`` (the seed 002 device contract);
 ``commands`` builds the few TPM commands apfs sends itself; ``config`` parses ``[[tpm]]``;
-``provision`` applies its manufacturing choices (PCR banks).
+``provision`` applies its manufacturing choices (PCR banks); ``vtpm`` is one configured
+vTPM as a host shows it (boot, the contents of its sysfs and control files).
 """
 
 from vdev.tpm.engine import Tpm, TpmEngine, TpmState

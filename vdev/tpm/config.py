@@ -1,7 +1,8 @@
 """The ``[[tpm]]`` tables of the host TOML: which vTPMs a host has and how they are made.
 
 Owns: :class:`TpmConfig` (validated, immutable) and :func:`parse_tpm_tables`, which takes the
-already-parsed value of the ``tpm`` key (a list of tables).  Not wired into apfs's host yet.
+already-parsed value of the ``tpm`` key (a list of tables); :func:`apfs.host.load_config`
+takes it out of the host TOML.
 Mistakes raise ``ValueError`` naming the table, key and value, as ``vdev.ap.host`` does.
 
 Format::
