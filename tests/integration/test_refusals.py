@@ -196,6 +196,34 @@ class Shared:
         prefix = f"uuid1={self.uuids['uuid1']}; uuid2={self.uuids['uuid2']}"
         return self.mount.bash(f'{prefix}; cd "$MNT/{case.where}" || exit 99; {case.command}')
 
+    def assert_refused(self, case: Case) -> Shell:
+        """Type the case's line: bash reports its errno once, the tree is unchanged, and the
+        log has one line naming the file and the errno.  Returns what bash printed."""
+        log_before = lines(self.mount.log())
+        result = self.type_line(case)
+        assert result.returncode == 1, result
+        assert f"{write_error(case.errno)}\n" in result.stderr, result.stderr
+        assert result.stderr.count("write error: ") == 1, result.stderr
+        self._assert_unchanged(case)
+        new = lines(self.mount.log())[len(log_before):]
+        assert len(new) == 1, new
+        path = self.expand(f"{case.where}/{case.file}")
+        assert f"{path}: write " in new[0]
+        assert f"refused with {errno.errorcode[case.errno]} " in new[0]
+        return result
+
+    def assert_accepted_without_change(self, case: Case) -> None:
+        log_before = self.mount.log()
+        result = self.type_line(case)
+        assert (result.returncode, result.stderr) == (0, ""), result
+        self._assert_unchanged(case)
+        assert self.mount.log() == log_before
+
+    def _assert_unchanged(self, case: Case) -> None:
+        after = snapshot(self.mount.root)
+        before, self.state = self.state, after
+        assert_unchanged(before, after, case.command)
+
 
 @pytest.fixture(scope="module")
 def shared(module_mount_factory: Callable[..., Mount]) -> Iterator[Shared]:
@@ -211,30 +239,12 @@ def shared(module_mount_factory: Callable[..., Mount]) -> Iterator[Shared]:
 
 @pytest.mark.parametrize("case", REFUSALS, ids=str)
 def test_refused_with_errno_and_nothing_changes(shared: Shared, case: Case) -> None:
-    log_before = lines(shared.mount.log())
-    result = shared.type_line(case)
-    assert result.returncode == 1, result
-    assert f"{write_error(case.errno)}\n" in result.stderr, result.stderr
-    assert result.stderr.count("write error: ") == 1, result.stderr
-    after = snapshot(shared.mount.root)
-    before, shared.state = shared.state, after
-    assert_unchanged(before, after, case.command)
-    new = lines(shared.mount.log())[len(log_before):]
-    assert len(new) == 1, new
-    path = shared.expand(f"{case.where}/{case.file}")
-    assert f"{path}: write " in new[0]
-    assert f"refused with {errno.errorcode[case.errno]} " in new[0]
+    shared.assert_refused(case)
 
 
 @pytest.mark.parametrize("case", ACCEPTED_NO_CHANGE, ids=str)
 def test_accepted_without_visible_change(shared: Shared, case: Case) -> None:
-    log_before = shared.mount.log()
-    result = shared.type_line(case)
-    assert (result.returncode, result.stderr) == (0, ""), result
-    after = snapshot(shared.mount.root)
-    before, shared.state = shared.state, after
-    assert_unchanged(before, after, case.command)
-    assert shared.mount.log() == log_before
+    shared.assert_accepted_without_change(case)
 
 
 def test_empty_write_to_every_writable_file_succeeds_and_changes_nothing(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import Mount
-from helpers import assert_unchanged, lines, snapshot, write_error
+from helpers import snapshot, write_error
 from test_refusals import Case, Shared
 
 from vdev.ap import bitmap
@@ -134,27 +134,10 @@ def shared(module_mount_factory: Callable[..., Mount]) -> Iterator[Shared]:
 
 @pytest.mark.parametrize("case", REFUSALS, ids=str)
 def test_refused_with_errno_and_nothing_changes(shared: Shared, case: Case) -> None:
-    log_before = lines(shared.mount.log())
-    result = shared.type_line(case)
-    assert result.returncode == 1, result
+    result = shared.assert_refused(case)
     assert result.stderr.endswith(f"{write_error(case.errno)}\n"), result.stderr
-    assert result.stderr.count("write error: ") == 1, result.stderr
-    after = snapshot(shared.mount.root)
-    before, shared.state = shared.state, after
-    assert_unchanged(before, after, case.command)
-    new = lines(shared.mount.log())[len(log_before):]
-    assert len(new) == 1, new
-    path = shared.expand(f"{case.where}/{case.file}")
-    assert f"{path}: write " in new[0]
-    assert f"refused with {errno.errorcode[case.errno]} " in new[0]
 
 
 @pytest.mark.parametrize("case", ACCEPTED_NO_CHANGE, ids=str)
 def test_accepted_without_visible_change(shared: Shared, case: Case) -> None:
-    log_before = shared.mount.log()
-    result = shared.type_line(case)
-    assert (result.returncode, result.stderr) == (0, ""), result
-    after = snapshot(shared.mount.root)
-    before, shared.state = shared.state, after
-    assert_unchanged(before, after, case.command)
-    assert shared.mount.log() == log_before
+    shared.assert_accepted_without_change(case)
