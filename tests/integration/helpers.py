@@ -10,6 +10,7 @@ differs.  The same format is built from a mount (:func:`snapshot`) and from an i
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -22,6 +23,7 @@ from pathlib import Path
 from apfs.host import Host
 from apfs.kernfs import resolve
 from apfs.tree import Lookup
+from vdev.errors import DeviceError
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_WORKFLOW = REPO / "scripts" / "seed-workflow.sh"
@@ -267,3 +269,46 @@ def tree_listing(root: str | Path) -> dict[str, str]:
             else:
                 out[rel] = Path(path).read_text(errors="replace")
     return out
+
+
+# --- fuzzing a mount against the model ---------------------------------------------------
+
+Write = tuple[str, bytes]
+
+
+class WriteRecorder:
+    """One ``write()`` per call to a mount, keeping the accepted writes in order and a count
+    per errno (0 = accepted).  EIO and ENOSYS would be internal errors: they fail at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.accepted: list[Write] = []
+        self.outcomes: dict[int, int] = {}
+
+    def write(self, relpath: str, data: bytes) -> None:
+        try:
+            write_once(self.root / relpath, data)
+        except OSError as exc:
+            assert exc.errno not in (errno.EIO, errno.ENOSYS), (relpath, data, exc)
+            self.outcomes[exc.errno] = self.outcomes.get(exc.errno, 0) + 1
+        else:
+            self.accepted.append((relpath, data))
+            self.outcomes[0] = self.outcomes.get(0, 0) + 1
+
+    @property
+    def refused(self) -> int:
+        return sum(n for code, n in self.outcomes.items() if code)
+
+    def assert_mount_is_the_model(self, host: Host, history: Path) -> None:
+        """Replay the accepted writes into ``host`` (fresh, same configuration): the mount
+        must show exactly its tree.  The writes are listed in ``history`` for a failure."""
+        history.write_text("".join(f"{p} {d!r}\n" for p, d in self.accepted))
+        for i, (relpath, data) in enumerate(self.accepted):
+            try:
+                apply_in_process(host, relpath, data)
+            except (DeviceError, OSError) as exc:
+                raise AssertionError(f"accepted write #{i} {relpath} {data!r} is refused by the "
+                                     f"model replaying the accepted writes: {exc!r}") from None
+        diff = differences(model_snapshot(host), snapshot(self.root))
+        assert not diff, (f"mount differs from the model after {len(self.accepted)} accepted "
+                          f"writes (listed in {history}):\n" + "\n".join(diff[:40]))

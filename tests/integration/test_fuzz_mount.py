@@ -11,7 +11,6 @@ the model's, shows up as a difference.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -20,19 +19,14 @@ from helpers import (
     LOG,
     MATRIX,
     TYPE_DIR,
-    apply_in_process,
-    differences,
-    model_snapshot,
-    snapshot,
+    WriteRecorder,
     writable_files,
-    write_once,
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from apfs.host import Host, ap_only, load_config
 from vdev.ap.host import DEFAULT_HOST_TOML
-from vdev.errors import DeviceError
 
 EXAMPLES = 300
 UUIDS = ["6f5a8c8e-3c1b-4d7a-9d0e-1a2b3c4d5e6f", "0b3e2e7c-8f4d-4a55-b7a3-9c8d7e6f5a4b",
@@ -43,7 +37,6 @@ SYSFSDEVS = ["/sys/devices/ap_matrix/matrix/{u}", "/sys/bus/mdev/devices/{u}",
              "/sys/bus/mdev/drivers/vfio_mdev/{u}", f"/{TYPE_DIR}/devices/{{u}}",
              "/sys/bus/ap", "/sys/../sys/bus/mdev/devices/{u}/", "/sys/devices/ap/card05"]
 
-Write = tuple[str, bytes]
 
 
 def newline(s: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
@@ -106,35 +99,13 @@ def mount_is_alive(root: Path) -> None:
     assert (root / "sys/bus/ap/config_time").read_text().strip().isdigit()
 
 
-def replay(accepted: list[Write]) -> Host:
-    """A fresh default host that saw the accepted writes only, in order."""
-    host = Host(ap_only(load_config(None)))
-    for i, (relpath, data) in enumerate(accepted):
-        try:
-            apply_in_process(host, relpath, data)
-        except (DeviceError, OSError) as exc:
-            raise AssertionError(f"accepted write #{i} {relpath} {data!r} is refused by the "
-                                 f"model replaying the accepted writes: {exc!r}") from None
-    return host
-
-
 def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(mount_factory: MountFactory,
                                                            tmp_path: Path) -> None:
     # The AP host alone: a vTPM powered off by a fuzzed write makes its PCR files unreadable.
     mount = mount_factory(DEFAULT_HOST_TOML)
     root = mount.root
-    accepted: list[Write] = []
-    outcomes: dict[int, int] = {}
-
-    def write(relpath: str, data: bytes) -> None:
-        try:
-            write_once(root / relpath, data)
-        except OSError as exc:
-            assert exc.errno not in (errno.EIO, errno.ENOSYS), (relpath, data, exc)
-            outcomes[exc.errno] = outcomes.get(exc.errno, 0) + 1
-        else:
-            accepted.append((relpath, data))
-            outcomes[0] = outcomes.get(0, 0) + 1
+    recorder = WriteRecorder(root)
+    write, accepted, outcomes = recorder.write, recorder.accepted, recorder.outcomes
 
     # Start from an interesting state: seed steps 1-3 plus a first mdev, through the recorder.
     for queue in ("05.0004", "05.00ab", "06.0004"):
@@ -157,15 +128,12 @@ def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(mount_factory: Mount
 
     throw()
 
-    history = tmp_path / "accepted-writes.txt"
-    history.write_text("".join(f"{p} {d!r}\n" for p, d in accepted))
-    refused = sum(n for code, n in outcomes.items() if code)
+    refused = recorder.refused
     assert outcomes.get(0, 0) > 50 and refused > 50, outcomes  # both kinds were exercised
     assert len({p for p, _ in accepted}) > 15, "too few files were written successfully"
     assert any(p.startswith("apfs/guests/") for p, _ in accepted), "no guest was started"
 
     mount_is_alive(root)
-    diff = differences(model_snapshot(replay(accepted)), snapshot(root))
-    assert not diff, (f"mount differs from the model after {len(accepted)} accepted writes "
-                      f"(listed in {history}):\n" + "\n".join(diff[:40]))
+    recorder.assert_mount_is_the_model(Host(ap_only(load_config(None))),
+                                       tmp_path / "accepted-writes.txt")
     assert "internal error" not in mount.read(LOG)

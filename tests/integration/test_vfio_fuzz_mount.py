@@ -10,19 +10,14 @@ entry in the tree layer shows up as a difference.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Mount
 from helpers import (
     LOG,
-    apply_in_process,
-    differences,
-    model_snapshot,
-    snapshot,
+    WriteRecorder,
     writable_files,
-    write_once,
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -30,7 +25,6 @@ from hypothesis import strategies as st
 from apfs.host import Host, ap_only, load_config
 from vdev.ap import bitmap
 from vdev.ap.host import DEFAULT_HOST_TOML
-from vdev.errors import DeviceError
 
 EXAMPLES = 150
 HOST = DEFAULT_HOST_TOML.replace("[host]", '[host]\nflavor = "vfio_ap"')
@@ -41,7 +35,6 @@ MATRIX = "sys/devices/vfio_ap/matrix"
 TYPE_DIR = f"{MATRIX}/mdev_supported_types/vfio_ap-passthrough"
 MASKS = ["sys/bus/ap/apmask", "sys/bus/ap/aqmask"]
 
-Write = tuple[str, bytes]
 
 ends = st.sampled_from(["\n", "", "\n\n", " "])
 ids = st.tuples(st.sampled_from(["{}", "{:#x}", "0{:o}", "+{}", "{:x}"]),
@@ -75,33 +68,12 @@ def pick(relpath: str, drawn: tuple[dict[str, str], str, bytes, int]) -> bytes:
     return (likely[kind] + end).encode()
 
 
-def replay(accepted: list[Write]) -> Host:
-    host = Host(ap_only(load_config(None, "vfio_ap")))
-    for i, (relpath, data) in enumerate(accepted):
-        try:
-            apply_in_process(host, relpath, data)
-        except (DeviceError, OSError) as exc:
-            raise AssertionError(f"accepted write #{i} {relpath} {data!r} is refused by the "
-                                 f"model replaying the accepted writes: {exc!r}") from None
-    return host
-
-
 def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(
         mount_factory: Callable[..., Mount], tmp_path: Path) -> None:
     mount = mount_factory(HOST)
     root = mount.root
-    accepted: list[Write] = []
-    outcomes: dict[int, int] = {}
-
-    def write(relpath: str, data: bytes) -> None:
-        try:
-            write_once(root / relpath, data)
-        except OSError as exc:
-            assert exc.errno not in (errno.EIO, errno.ENOSYS), (relpath, data, exc)
-            outcomes[exc.errno] = outcomes.get(exc.errno, 0) + 1
-        else:
-            accepted.append((relpath, data))
-            outcomes[0] = outcomes.get(0, 0) + 1
+    recorder = WriteRecorder(root)
+    write, accepted, outcomes = recorder.write, recorder.accepted, recorder.outcomes
 
     write("sys/bus/ap/apmask", b"-5\n")
     write("sys/bus/ap/aqmask", b"-4,-0xab\n")
@@ -125,12 +97,9 @@ def test_fuzzed_writes_leave_the_state_of_the_accepted_ones(
 
     throw()
 
-    history = tmp_path / "accepted-writes.txt"
-    history.write_text("".join(f"{p} {d!r}\n" for p, d in accepted))
-    refused = sum(n for code, n in outcomes.items() if code)
+    refused = recorder.refused
     assert outcomes.get(0, 0) > 50 and refused > 50, outcomes
     assert any(p.endswith("mask") for p, _ in accepted[5:]), "no mask write was accepted"
-    diff = differences(model_snapshot(replay(accepted)), snapshot(root))
-    assert not diff, (f"mount differs from the model after {len(accepted)} accepted writes "
-                      f"(listed in {history}):\n" + "\n".join(diff[:40]))
+    recorder.assert_mount_is_the_model(Host(ap_only(load_config(None, "vfio_ap"))),
+                                       tmp_path / "accepted-writes.txt")
     assert "internal error" not in mount.read(LOG)
