@@ -14,9 +14,12 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # pyfuse3 is an sdist: it builds against libfuse3 with pkg-config and a C compiler;
 # fuse3 brings fusermount3; uuid-runtime brings uuidgen (the seed's `uuidgen > create`);
 # mdevctl (Debian 12: 1.2.0, with udev) is what the interop tests drive through `apfs run`;
-# libtpms0 is the TPM 2.0 behind vdev.tpm (loaded with ctypes).
+# libtpms0 is the TPM 2.0 behind vdev.tpm (loaded with ctypes); the vTPM's interop tests
+# drive it with tpm2-tools (and its swtpm, mssim and device TCTIs), compare it with swtpm,
+# boot SeaBIOS in qemu-system-x86 against it, and build tpm2-pytss against libtss2-dev.
 PACKAGES=(fuse3 libfuse3-dev pkg-config uuid-runtime gcc python3-venv python3-dev mdevctl
-          libtpms0)
+          libtpms0 tpm2-tools libtss2-tcti-device0 libtss2-tcti-mssim0 libtss2-tcti-swtpm0
+          libtss2-dev swtpm qemu-system-x86 seabios)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

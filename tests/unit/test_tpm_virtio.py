@@ -127,3 +127,17 @@ def test_a_powered_off_tpm_is_the_engines_refusal(device: VirtioTpm, tpm: Tpm) -
 def test_requests_need_driver_ok(tpm: Tpm) -> None:
     device = VirtioTpm(tpm)
     assert "has not set DRIVER_OK" in refused(errno.EIO, device, chain(cmd.get_random(8)))
+
+
+def test_probe_then_transmit_with_a_locality(tpm: Tpm) -> None:
+    device = VirtioTpm(tpm)
+    device.probe()
+    assert device.status == READY
+    assert device.driver_features == 1 << VIRTIO_F_VERSION_1
+    extend_17 = cmd.pcr_extend(17, {"sha256": bytes(32)})
+    # PCR 17 is extended from localities 2-4 only: else TPM_RC_LOCALITY.
+    assert cmd.response_code(device.transmit(extend_17, locality=0)) == 0x907
+    assert cmd.response_code(device.transmit(extend_17, locality=4)) == 0
+    with pytest.raises(VirtioError) as info:
+        device.transmit(b"\x80\x01" + bytes(TPM_BUFSIZE))
+    assert info.value.errno == errno.EINVAL

@@ -113,8 +113,27 @@ class VirtioTpm:
         self.status = 0
         self.driver_features = 0
 
-    def process(self, head: int, chain: Sequence[Descriptor]) -> Used:
-        """Serve one request chain; raise before anything is executed if it is malformed."""
+    def probe(self) -> None:
+        """What the guest's virtio core and driver do at probe (virtio §3.1.1): acknowledge,
+        accept VERSION_1 (the seed's driver asks for nothing more), FEATURES_OK, DRIVER_OK."""
+        self.reset()
+        self.set_status(STATUS_ACKNOWLEDGE)
+        self.set_status(self.status | STATUS_DRIVER)
+        self.set_driver_features(DEVICE_FEATURES)
+        self.set_status(self.status | STATUS_FEATURES_OK)
+        self.set_status(self.status | STATUS_DRIVER_OK)
+
+    def transmit(self, command: bytes, locality: int = 0) -> bytes:
+        """One command as the guest driver sends it: an out descriptor with the command and
+        an in descriptor of the driver's TPM_BUFSIZE buffer; the response it gets back."""
+        chain = (Descriptor(False, len(command), command), Descriptor(True, TPM_BUFSIZE))
+        return self.process(0, chain, locality).response
+
+    def process(self, head: int, chain: Sequence[Descriptor], locality: int = 0) -> Used:
+        """Serve one request chain; raise before anything is executed if it is malformed.
+
+        ``locality``: the virtio transport has none (a guest's commands come from locality
+        0); the socket front ends that play the guest pass their client's."""
         if not self.status & STATUS_DRIVER_OK:
             raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
                                          f"(status {self.status:#x})")
@@ -122,7 +141,7 @@ class VirtioTpm:
             raise VirtioError(errno.EIO, f"chain {head}: the device needs a reset after an "
                                          "earlier device error")
         command, capacity = self._split(head, chain)
-        response = self.tpm.execute(command)
+        response = self.tpm.execute(command, locality)
         if len(response) > capacity:
             self.status |= STATUS_NEEDS_RESET
             raise VirtioError(errno.EPROTO,

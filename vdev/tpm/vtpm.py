@@ -32,6 +32,7 @@ from vdev.tpm.config import DEFAULT_PCR_BANKS, TpmConfig
 from vdev.tpm.engine import Tpm, TpmEngine, check_locality
 from vdev.tpm.errors import TpmInUse, TpmLibraryError, TpmStateError
 from vdev.tpm.provision import allocate_pcr_banks
+from vdev.tpm.virtio import VirtioTpm
 from vdev.tpm.worker import TpmWorker
 
 TPM_MAJOR_MINOR = "10:224"
@@ -74,6 +75,8 @@ class VTpm:
         self.config = config
         self.index = index
         self.engine = engine
+        self.virtio = VirtioTpm(engine)
+        """The transport every command of a front end goes through (:meth:`transmit`)."""
         self.locality = 0
         """The locality of what the mount sends this TPM on a guest's behalf (PCR reads,
         resetting the established flag); 0 as for an OS."""
@@ -100,6 +103,7 @@ class VTpm:
         if self.config.pcr_banks != DEFAULT_PCR_BANKS:
             allocate_pcr_banks(self.engine, list(self.config.pcr_banks))
         self._power_on()
+        self.virtio.probe()
         response = self._expect("GetCapability(PCRS)",
                                 commands.get_capability(commands.TPM_CAP_PCRS, 0, 1))
         self.pcr_banks = {f"pcr-{bank}": PcrBank(self, bank)
@@ -107,6 +111,16 @@ class VTpm:
 
     def close(self) -> None:
         self.engine.close()
+
+    def transmit(self, command: bytes, locality: int | None = None) -> bytes:
+        """One TPM command from a front end (/dev nodes, sockets, sysfs reads) through the
+        virtio device; ``locality`` defaults to this vTPM's (``apfs/tpm/<name>/locality``).
+
+        Blocks while the TPM computes (seconds for an RSA key): callers on an event loop run
+        it in a thread.  Commands of all callers are served one at a time, in arrival order.
+        Raises :class:`~vdev.tpm.virtio.VirtioError` for a refused request and
+        :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off."""
+        return self.virtio.transmit(command, self.locality if locality is None else locality)
 
     def _power_on(self) -> None:
         self.engine.power_on()
@@ -130,7 +144,7 @@ class VTpm:
     def pcr_value(self, bank: str, index: int) -> str:
         """``pcr_value_show``: the digest in upper-case hex and a newline."""
         try:
-            response = self.engine.execute(commands.pcr_read(bank, [index]), self.locality)
+            response = self.transmit(commands.pcr_read(bank, [index]))
         except TpmStateError:
             # A powered-off TPM never answers: the guest's driver gives up with ETIMEDOUT.
             raise DeviceError(errno.ETIMEDOUT,
