@@ -175,6 +175,16 @@ def tcp_transmit(port: int, command: bytes) -> bytes:
         return recv_response(sock)
 
 
+def ctrl_init_tcp(ctrl_port: int) -> None:
+    """``CMD_INIT`` (flags 0) on a TCP control port: the TPM is re-initialised, powered and
+    waiting for TPM2_Startup, as swtpm started with ``--flags not-need-init`` alone."""
+    with socket.create_connection(("127.0.0.1", ctrl_port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(struct.pack(">II", CMD_INIT, 0))
+        (result,) = struct.unpack(">I", _recv_exactly(sock, 4))
+    if result != 0:
+        raise RuntimeError(f"CMD_INIT on port {ctrl_port} answered result {result:#x}")
+
+
 def ctrl_request(ctrl: Path, cmd: int, payload: bytes = b"", reply_size: int = 4,
                  fd: int | None = None) -> bytes:
     """One control command on a UNIX control socket (``fd`` passed with SCM_RIGHTS);
