@@ -1,0 +1,33 @@
+"""QEMU + SeaBIOS with a TPM (``-tpmdev emulator`` over a UNIX control socket): SeaBIOS's
+Startup and measurements arrive, and PCRs 0..7 come out non-zero and the same for real
+swtpm and for apfs (``apfs mount --tpm-socket``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from qemu import boot_seabios, qemu_available, read_boot_pcrs
+from swtpm import swtpm_available, swtpm_unix
+
+if (reason := swtpm_available() or qemu_available()) is not None:
+    pytest.skip(reason, allow_module_level=True)
+
+
+def swtpm_boot_pcrs(tmp_path: Path, name: str) -> list[bytes]:
+    """PCRs 0..7 after SeaBIOS booted against a fresh swtpm."""
+    workdir = tmp_path / name
+    workdir.mkdir()
+    with swtpm_unix(workdir / "state", workdir / "ctrl") as tpm:
+        seconds = boot_seabios(tpm.ctrl, workdir)
+        print(f"QEMU boot against swtpm ({name}): {seconds:.2f} s")
+        return read_boot_pcrs(tpm.ctrl)
+
+
+def test_seabios_measures_into_swtpm_the_same_on_every_boot(tmp_path: Path) -> None:
+    """The reference: every PCR 0..7 extended, and two fresh TPMs booted the same way end
+    with the same values (what lets the apfs boot be compared with a swtpm boot)."""
+    first = swtpm_boot_pcrs(tmp_path, "first")
+    assert len(first) == 8 and all(pcr != bytes(32) for pcr in first)
+    assert swtpm_boot_pcrs(tmp_path, "second") == first
