@@ -87,7 +87,7 @@ REQUEST_TIMEOUT = 0.5
 TPM_SEND_COMMAND = 8
 """The TCG prefix of the data channel: ``u32 8, u8 locality, u32 length``."""
 PREFIX = struct.Struct(">IBI")
-HEADER = struct.Struct(">HII")
+_RAW_TAGS = (b"\x80\x01", b"\x80\x02")
 
 # Bytes of a request's fixed part (after the u32 command) that swtpm waits for.
 _FIXED_PART = {CMD_INIT: 4, CMD_SET_LOCALITY: 1, CMD_RESET_TPMESTABLISHED: 1,
@@ -170,22 +170,27 @@ class DataReader:
         buffer = self._buffer
         buffer += data
         found: list[DataCommand] = []
-        while len(buffer) >= HEADER.size:
-            tag, size, _code = HEADER.unpack_from(buffer)
-            if tag not in (commands.TPM_ST_NO_SESSIONS, commands.TPM_ST_SESSIONS) and \
+        while True:
+            have = len(buffer)
+            if have >= 4 and buffer[:2] not in _RAW_TAGS and \
                     U32.unpack_from(buffer)[0] == TPM_SEND_COMMAND:
+                if have < PREFIX.size:
+                    break
                 _cmd, locality, length = PREFIX.unpack_from(buffer)
                 _check_size("TCG-prefixed command length", length)
                 end = PREFIX.size + length
-                if len(buffer) < end:
+                if have < end:
                     break
                 found.append(DataCommand(bytes(buffer[PREFIX.size:end]), locality, True))
-            else:
-                _check_size(f"command (tag {tag:#06x}) commandSize", size)
+            elif have >= 6:
+                size = U32.unpack_from(buffer, 2)[0]
+                _check_size(f"command (tag 0x{buffer[:2].hex()}) commandSize", size)
                 end = size
-                if len(buffer) < end:
+                if have < end:
                     break
                 found.append(DataCommand(bytes(buffer[:end])))
+            else:
+                break
             del buffer[:end]
         return found
 
