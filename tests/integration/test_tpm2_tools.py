@@ -5,12 +5,16 @@ against apfs through each front end listed in :data:`APFS_FRONT_ENDS`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from apfs_tpm import tpm_mount
 from swtpm import swtpm_available, swtpm_tcp
 from tpm2_tools import (
     ToolFailed,
@@ -19,8 +23,6 @@ from tpm2_tools import (
     parse_pcrread,
     run_acceptance,
 )
-
-from apfs.testing import Mount
 
 if (reason := swtpm_available()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -53,28 +55,37 @@ def test_the_sequence_detects_a_wrong_pcr_value(swtpm_tcti: str, tmp_path: Path)
 
 # -- apfs through its front ends ---------------------------------------------------------
 
-FrontEnd = Callable[[Mount], AbstractContextManager[str]]
-"""Given a mount of the default host (one vTPM, started), a context giving the TCTI string
-that reaches its tpm0, e.g. ``device:MOUNT/dev/tpm0``."""
 
-APFS_FRONT_ENDS: dict[str, tuple[FrontEnd, bool]] = {}
-"""The parametrisation hook: front-end name → (TCTI context for a mount, whether it is a
-resource manager).  Empty on main, which has no front end yet; at merge add e.g.
-``"dev-tpm0": (lambda m: nullcontext(f"device:{m.root}/dev/tpm0"), False)``,
-``"dev-tpmrm0": (…/dev/tpmrm0, True)`` and the swtpm/mssim ports of ``--tpm-port``
-(those need their own mount options: give them a context that mounts)."""
+@dataclass(frozen=True)
+class FrontEnd:
+    open: Callable[[Path], AbstractContextManager[tuple[Path, str]]]
+    """Given a tmp dir, a context that mounts the default host (one vTPM, started) and
+    gives (mount root, the TCTI string that reaches its tpm0); it unmounts at exit."""
+    resource_manager: bool = False
 
 
-@pytest.mark.parametrize("front_end", sorted(APFS_FRONT_ENDS) or [
-    pytest.param("none", marks=pytest.mark.skip(
-        reason="no apfs TPM front end on this branch: add it to APFS_FRONT_ENDS"))])
-def test_acceptance_sequence_against_apfs(front_end: str, mount: Mount,
-                                          tmp_path: Path) -> None:
-    tcti_of, resource_manager = APFS_FRONT_ENDS[front_end]
-    with tcti_of(mount) as tcti:
+@contextlib.contextmanager
+def _tcp(protocol: str, tmp: Path) -> Iterator[tuple[Path, str]]:
+    with tpm_mount(tmp, "--tpm-port", "0", "--tpm-protocol", protocol) as mounted:
+        yield mounted.mount.root, mounted.tcti
+
+
+APFS_FRONT_ENDS: dict[str, FrontEnd] = {
+    "swtpm-tcp": FrontEnd(functools.partial(_tcp, "swtpm")),
+    "mssim-tcp": FrontEnd(functools.partial(_tcp, "mssim")),
+}
+"""The parametrisation hook: every way tpm2-tools reach apfs's TPM.  The character devices
+(branch ``devnodes``) join at merge as a mount of the default host with
+``device:ROOT/dev/tpm0`` and ``device:ROOT/dev/tpmrm0`` (``resource_manager=True``)."""
+
+
+@pytest.mark.parametrize("front_end", sorted(APFS_FRONT_ENDS))
+def test_acceptance_sequence_against_apfs(front_end: str, tmp_path: Path) -> None:
+    chosen = APFS_FRONT_ENDS[front_end]
+    with chosen.open(tmp_path / "apfs") as (root, tcti):
         start = time.perf_counter()
-        tools = run_acceptance(tcti, tmp_path / "work", resource_manager=resource_manager)
+        tools = run_acceptance(tcti, tmp_path / "work", resource_manager=chosen.resource_manager)
         print(f"apfs {front_end}: acceptance sequence {time.perf_counter() - start:.2f} s, "
               f"slowest tools: {sorted(tools.seconds.items(), key=lambda kv: -kv[1])[:3]}")
         tools.run("tpm2_pcrextend", "16:sha256=" + "5a" * 32)  # a non-trivial value to see
-        assert_sysfs_pcrs_match(mount.root / "sys/class/tpm/tpm0", tcti)
+        assert_sysfs_pcrs_match(root / "sys/class/tpm/tpm0", tcti)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import tpm_corpus
 import tpm_wire as w
-from swtpm import swtpm_available, swtpm_tcp
+from apfs_tpm import tpm_mount
+from swtpm import ctrl_init_tcp, swtpm_available, swtpm_tcp, tcp_transmit
 
 from vdev.tpm.config import TpmConfig
 from vdev.tpm.vtpm import VTpm, open_engine
@@ -47,14 +49,41 @@ def in_process_vtpm(_tmp: Path) -> Iterator[Transmit]:
         vtpm.close()
 
 
-CANDIDATES: dict[str, Callable[[Path], AbstractContextManager[Transmit]]] = {
-    "vtpm-in-process": in_process_vtpm,
+@contextlib.contextmanager
+def apfs_swtpm_front_end(tmp: Path) -> Iterator[Transmit]:
+    """apfs's swtpm TCP front end (``apfs mount --tpm-port 0``), raw commands on its data
+    port.  The mount started its TPM; Shutdown(CLEAR) then CMD_INIT on the control port make
+    it what the reference is: powered, shut down in order (TPMA_STARTUP_CLEAR.orderly
+    shows the difference), waiting for Startup."""
+    with tpm_mount(tmp / "apfs", "--tpm-port", "0", "--tpm-protocol", "swtpm") as mounted:
+        assert mounted.tcti.startswith("swtpm:"), mounted.tcti
+        shutdown = tcp_transmit(mounted.port, w.command("Shutdown", params=w.u16(0)))
+        assert w.header(shutdown).rc == 0, shutdown.hex()
+        ctrl_init_tcp(mounted.port + 1)
+        yield lambda command: tcp_transmit(mounted.port, command)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    open: Callable[[Path], AbstractContextManager[Transmit]]
+    """A context giving a ``transmit`` to a powered TPM that has not seen TPM2_Startup."""
+    frames_by_size_field: bool = False
+    """A stream transport that delimits commands by their header's size field (apfs's socket
+    front ends wait for that many bytes, and close the connection on an impossible size).
+    Rows whose size field disagrees with their length cannot be framed on such a stream and
+    are sent to the reference only: swtpm takes whatever one read() returned as the command
+    and answers TPM_RC_COMMAND_SIZE, a behaviour that depends on TCP segmentation."""
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "vtpm-in-process": Candidate(in_process_vtpm),
+    "swtpm-tcp-front-end": Candidate(apfs_swtpm_front_end, frames_by_size_field=True),
 }
-"""The apfs transports under test: name → context giving a ``transmit`` to a powered TPM
-that has not seen TPM2_Startup.  The hook for apfs's swtpm TCP front end (branch
-``frontends``): a context that mounts with ``--tpm-port P --tpm-protocol swtpm``, sends
-``swtpm.ctrl_init_tcp(P + 1)`` (CMD_INIT: the TPM then waits for Startup, like the
-reference) and yields ``lambda command: swtpm.tcp_transmit(P, command)``."""
+"""The apfs transports under test."""
+
+
+def size_field_disagrees(command: bytes) -> bool:
+    return len(command) < 10 or w.header(command).size != len(command)
 
 
 def differences(step: tpm_corpus.Step, reference: bytes, candidate: bytes) -> str | None:
@@ -75,36 +104,46 @@ def differences(step: tpm_corpus.Step, reference: bytes, candidate: bytes) -> st
                                            f"{actual!r}"
 
 
-def run_lockstep(steps: list[tpm_corpus.Step], reference: Transmit,
-                 candidate: Transmit) -> tuple[list[str], list[int]]:
-    """Send every row to both; the rows that disagree (described) and the reference's
-    return codes, in order."""
+def run_lockstep(steps: list[tpm_corpus.Step], reference: Transmit, candidate: Transmit,
+                 frames_by_size_field: bool = False) -> tuple[list[str], list[int], list[str]]:
+    """Send every row to both; the rows that disagree (described), the reference's return
+    codes in order, and the rows sent to the reference only (see
+    :attr:`Candidate.frames_by_size_field`)."""
     contexts: tuple[tpm_corpus.Context, tpm_corpus.Context] = ({}, {})
-    mismatches, codes = [], []
+    mismatches, codes, reference_only = [], [], []
     for number, step in enumerate(steps):
         commands = [step.command(context) for context in contexts]
-        responses = [send(command) for send, command in zip((reference, candidate), commands,
-                                                             strict=True)]
-        if step.capture is not None:
-            for context, response in zip(contexts, responses, strict=True):
+        responses = [reference(commands[0])]
+        if frames_by_size_field and size_field_disagrees(commands[1]):
+            reference_only.append(step.label)
+        else:
+            responses.append(candidate(commands[1]))
+        for context, response in zip(contexts, responses, strict=False):
+            if step.capture is not None:
                 step.capture(context, response)
         codes.append(w.header(responses[0]).rc)
-        if (why := differences(step, *responses)) is not None:
+        if len(responses) == 2 and (why := differences(step, *responses)) is not None:
             mismatches.append(f"row {number} {step.label!r} (command {commands[1].hex()}): "
                               f"{why}\n  swtpm: {responses[0].hex()}\n  apfs:  "
                               f"{responses[1].hex()}")
-    return mismatches, codes
+    return mismatches, codes, reference_only
 
 
-@pytest.mark.parametrize("candidate", sorted(CANDIDATES))
-def test_raw_command_script_matches_swtpm(candidate: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_raw_command_script_matches_swtpm(name: str, tmp_path: Path) -> None:
     steps = tpm_corpus.script()
     assert len(steps) >= MIN_ROWS
+    candidate = CANDIDATES[name]
     with swtpm_tcp(tmp_path / "swtpm", started=False) as swtpm, \
-            CANDIDATES[candidate](tmp_path) as transmit:
-        mismatches, codes = run_lockstep(steps, swtpm.transmit, transmit)
+            candidate.open(tmp_path) as transmit:
+        mismatches, codes, reference_only = run_lockstep(
+            steps, swtpm.transmit, transmit, candidate.frames_by_size_field)
     assert not mismatches, f"{len(mismatches)} of {len(steps)} rows differ:\n" + "\n".join(
         mismatches)
+    compared = len(steps) - len(reference_only)
+    print(f"{name}: {compared} rows compared, {len(reference_only)} to swtpm only: "
+          f"{reference_only}")
+    assert compared >= MIN_ROWS
     # The script exercises both paths: many successes and the refusals it was written for.
     assert codes.count(0) >= 100
     assert set(codes) >= EXPECTED_REFUSALS, sorted(map(hex, EXPECTED_REFUSALS - set(codes)))

@@ -5,15 +5,12 @@ swtpm and for apfs (``apfs mount --tpm-socket``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import apfs, unmount
+from apfs_tpm import tpm_mount
 from qemu import boot_seabios, qemu_available, read_boot_pcrs
 from swtpm import swtpm_available, swtpm_unix
-
-from apfs.testing import Mount
 
 if (reason := swtpm_available() or qemu_available()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -37,31 +34,16 @@ def test_seabios_measures_into_swtpm_the_same_on_every_boot(tmp_path: Path) -> N
     assert swtpm_boot_pcrs(tmp_path, "second") == first
 
 
-@pytest.fixture
-def apfs_tpm_socket(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """``apfs mount --tpm-socket SOCK`` of the default host, as the README says to start a
-    vTPM for QEMU: (mount root, SOCK); unmounted afterwards."""
-    root, sock = tmp_path / "mnt", tmp_path / "tpm.sock"
-    root.mkdir()
-    done = apfs("mount", "--tpm-socket", str(sock), "--log", str(tmp_path / "apfs.log"),
-                str(root))
-    assert done.returncode == 0, done.stderr
-    try:
-        yield root, sock
-    finally:
-        unmount(Mount(root))
-
-
 def test_seabios_boots_with_apfs_as_its_tpm_and_measures_as_into_swtpm(
-        tmp_path: Path, apfs_tpm_socket: tuple[Path, Path]) -> None:
-    root, sock = apfs_tpm_socket
-    workdir = tmp_path / "apfs"
-    workdir.mkdir()
-    seconds = boot_seabios(sock, workdir)
-    print(f"QEMU boot against apfs: {seconds:.2f} s")
-    pcrs = root / "sys/class/tpm/tpm0/pcr-sha256"
-    measured = [bytes.fromhex((pcrs / str(index)).read_text()) for index in range(8)]
+        tmp_path: Path) -> None:
+    sock = tmp_path / "tpm.sock"
+    with tpm_mount(tmp_path / "apfs", "--tpm-socket", str(sock)) as mounted:
+        root = mounted.mount.root
+        seconds = boot_seabios(sock, tmp_path / "apfs")
+        print(f"QEMU boot against apfs: {seconds:.2f} s")
+        pcrs = root / "sys/class/tpm/tpm0/pcr-sha256"
+        measured = [bytes.fromhex((pcrs / str(index)).read_text()) for index in range(8)]
+        # The control socket serves a new client after QEMU died, as swtpm's does.
+        assert read_boot_pcrs(sock) == measured
     assert all(pcr != bytes(32) for pcr in measured), [p.hex() for p in measured]
     assert measured == swtpm_boot_pcrs(tmp_path, "swtpm")
-    # The control socket serves a new client after QEMU died, as swtpm's does.
-    assert read_boot_pcrs(sock) == measured
