@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import tpm_wire as w
-from swtpm import datafd_channel, transmit_on
+from reference_swtpm import datafd_channel, transmit_on
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 60.0

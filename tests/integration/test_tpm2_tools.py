@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from apfs_tpm import tpm_mount
-from swtpm import swtpm_available, swtpm_tcp
+from reference_swtpm import swtpm_available, swtpm_tcp
 from tpm2_tools import (
     ToolFailed,
     Tpm2Tools,

@@ -19,7 +19,7 @@ import pytest
 import tpm_corpus
 import tpm_wire as w
 from apfs_tpm import tpm_mount
-from swtpm import ctrl_init_tcp, swtpm_available, swtpm_tcp, tcp_transmit
+from reference_swtpm import ctrl_init_tcp, swtpm_available, swtpm_tcp, tcp_transmit
 
 from vdev.tpm.config import TpmConfig
 from vdev.tpm.vtpm import VTpm, open_engine

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from apfs_tpm import tpm_mount
 from qemu import boot_seabios, qemu_available, read_boot_pcrs
-from swtpm import swtpm_available, swtpm_unix
+from reference_swtpm import swtpm_available, swtpm_unix
 
 if (reason := swtpm_available() or qemu_available()) is not None:
     pytest.skip(reason, allow_module_level=True)

@@ -26,16 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vdev.tpm.swtpm import CMD_INIT, CMD_SET_DATAFD
+
 HEADER_SIZE = 10
 START_TIMEOUT = 10.0
 IO_TIMEOUT = 30.0
 """Seconds a reply may take (an RSA primary on a loaded 2-CPU machine)."""
 
-CMD_GET_CAPABILITY = 0x01
-CMD_INIT = 0x02
-CMD_SHUTDOWN = 0x03
-CMD_STOP = 0x0E
-CMD_SET_DATAFD = 0x10
 
 
 def swtpm_available() -> str | None:
