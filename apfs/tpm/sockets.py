@@ -317,5 +317,10 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
             for reply in replies:
                 if not _send(sock, label, reply):
                     return
+            if port.pending:
+                # tpm2-tss writes the 9-byte prefix and the command separately without
+                # TCP_NODELAY: Nagle holds the command until the prefix is acknowledged,
+                # and a delayed ACK costs 40 ms per command.  Acknowledge at once.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     return handle

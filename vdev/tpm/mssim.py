@@ -83,6 +83,11 @@ class _Port:
                 break
         return replies
 
+    @property
+    def pending(self) -> bool:
+        """Part of a request has arrived and waits for the rest."""
+        return bool(self._buffer)
+
     def _next(self) -> Reply | None:
         raise NotImplementedError
 

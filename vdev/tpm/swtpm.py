@@ -168,6 +168,9 @@ class DataReader:
 
     def feed(self, data: bytes) -> list[DataCommand]:
         buffer = self._buffer
+        if not buffer and data[:2] in _RAW_TAGS and len(data) >= 6 and \
+                U32.unpack_from(data, 2)[0] == len(data) <= MAX_COMMAND:
+            return [DataCommand(data)]  # the usual case: one whole raw command per read
         buffer += data
         found: list[DataCommand] = []
         while True:
