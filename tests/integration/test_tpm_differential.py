@@ -3,8 +3,10 @@ malformed ones included) to real swtpm over its TCP data port and to apfs's TPM,
 lockstep; both must give the same tag and return code on every row, byte-identical error
 responses, and equal deterministic fields (the corpus's per-command views).
 
-Both start from the same condition: powered, before TPM2_Startup (swtpm with
-``--flags not-need-init`` only; apfs's engine powered on with no Startup sent).
+apfs is reached three ways (:data:`CANDIDATES`): ``VTpm.transmit`` in process, and its
+swtpm and mssim TCP front ends on a real mount.  Both TPMs start from the same condition:
+powered, before TPM2_Startup (swtpm with ``--flags not-need-init`` only; apfs's engine
+powered on with no Startup sent, or shut down and re-initialised through the front end).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mssim_client
 import pytest
 import tpm_corpus
 import tpm_wire as w
@@ -22,6 +25,7 @@ from apfs_tpm import tpm_mount
 from reference_swtpm import ctrl_init_tcp, swtpm_available, swtpm_tcp, tcp_transmit
 
 from vdev.tpm.config import TpmConfig
+from vdev.tpm.mssim import TPM_SIGNAL_RESET
 from vdev.tpm.vtpm import VTpm, open_engine
 
 if (reason := swtpm_available()) is not None:
@@ -63,6 +67,20 @@ def apfs_swtpm_front_end(tmp: Path) -> Iterator[Transmit]:
         yield lambda command: tcp_transmit(mounted.port, command)
 
 
+@contextlib.contextmanager
+def apfs_mssim_front_end(tmp: Path) -> Iterator[Transmit]:
+    """apfs's mssim front end (``--tpm-protocol mssim``): Shutdown(CLEAR), then RESET on the
+    platform port (_TPM_Init), as for the swtpm protocol.  Its own length prefix frames
+    each command, so even the rows with a wrong size field reach the TPM unchanged."""
+    with tpm_mount(tmp / "apfs", "--tpm-port", "0", "--tpm-protocol", "mssim") as mounted:
+        assert mounted.tcti.startswith("mssim:"), mounted.tcti
+        shutdown = mssim_client.send_command(mounted.port, w.command("Shutdown",
+                                                                     params=w.u16(0)))
+        assert w.header(shutdown).rc == 0, shutdown.hex()
+        mssim_client.signal(mounted.port + 1, TPM_SIGNAL_RESET)
+        yield lambda command: mssim_client.send_command(mounted.port, command)
+
+
 @dataclass(frozen=True)
 class Candidate:
     open: Callable[[Path], AbstractContextManager[Transmit]]
@@ -78,6 +96,7 @@ class Candidate:
 CANDIDATES: dict[str, Candidate] = {
     "vtpm-in-process": Candidate(in_process_vtpm),
     "swtpm-tcp-front-end": Candidate(apfs_swtpm_front_end, frames_by_size_field=True),
+    "mssim-tcp-front-end": Candidate(apfs_mssim_front_end),
 }
 """The apfs transports under test."""
 
