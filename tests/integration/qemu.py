@@ -35,10 +35,11 @@ def qemu_available() -> str | None:
     return None
 
 
-def boot_seabios(ctrl: Path, workdir: Path) -> float:
-    """Boot QEMU (TCG, no disk, SeaBIOS, ``tpm-tis``) against the TPM control socket
-    ``ctrl`` until SeaBIOS gives up booting; kill it; the boot's wall time in seconds.
-    SeaBIOS's debug output is kept in ``workdir/seabios.log``."""
+def boot_seabios(ctrl: Path, workdir: Path, interface: str = "tpm-tis") -> float:
+    """Boot QEMU (TCG, no disk, SeaBIOS, TPM ``interface`` ``tpm-tis`` or ``tpm-crb``)
+    against the TPM control socket ``ctrl`` until SeaBIOS gives up booting; kill it; the
+    boot's wall time in seconds.  SeaBIOS's debug output is kept in
+    ``workdir/seabios.log``."""
     log = workdir / "seabios.log"
     log.unlink(missing_ok=True)
     argv = [QEMU, "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "64",
@@ -47,7 +48,7 @@ def boot_seabios(ctrl: Path, workdir: Path) -> float:
             "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
             "-chardev", f"socket,id=chrtpm,path={ctrl}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
-            "-device", "tpm-tis,tpmdev=tpm0"]
+            "-device", f"{interface},tpmdev=tpm0"]
     start = time.perf_counter()
     qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
