@@ -166,6 +166,11 @@ class DataReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
+    @property
+    def pending(self) -> bool:
+        """Part of a command has arrived and waits for the rest."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[DataCommand]:
         buffer = self._buffer
         if not buffer and data[:2] in _RAW_TAGS and len(data) >= 6 and \
