@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,7 +146,6 @@ class Servers:
                     continue
                 return  # the listener was shut down by close()
             self.run_connection(sock, f"{name} {_peer(peer)}", handler)
-        # not reached
 
     def run_connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
         """Serve ``sock`` with ``handler`` in a thread; the socket is closed at its end."""
@@ -242,6 +242,7 @@ def swtpm_data(core: swtpm.Swtpm) -> Handler:
             except (Malformed, VirtioError) as exc:
                 log.warning("%s: closed: %s", label, exc)
                 return
+        _log_early_close(label, reader.pending)
 
     return handle
 
@@ -259,41 +260,56 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
 
     def handle(sock: socket.socket, label: str) -> None:
         reader = swtpm.ControlReader()
+        deadline = 0.0
         while True:
-            sock.settimeout(swtpm.REQUEST_TIMEOUT if reader.pending else None)
+            if reader.pending:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+            else:
+                sock.settimeout(None)
+                deadline = time.monotonic() + swtpm.REQUEST_TIMEOUT
+            fds: list[int] = []
             try:
                 if takes_fds:
                     data, fds, _flags, _addr = socket.recv_fds(sock, RECV_SIZE, 4)
                 else:
-                    data, fds = sock.recv(RECV_SIZE), []
-            except TimeoutError:
-                data, fds = b"", []
+                    data = sock.recv(RECV_SIZE)
+            except TimeoutError:  # swtpm's 500 ms are up: it processes what came
                 request: bytes | None = reader.take_partial()
             else:
                 if not data:
                     _close_fds(fds)
+                    _log_early_close(label, reader.pending)
                     return
                 reader.feed(data)
-                try:
-                    request = reader.next_request()
-                except Malformed as exc:
-                    _close_fds(fds)
-                    log.warning("%s: closed: %s", label, exc)
-                    return
+                request = None
             sock.settimeout(None)
-            while request is not None:
-                reply = core.control(request, tuple(fds))
-                if reply.log:
-                    log.warning("%s: %s", label, reply.log)
-                _close_fds([fd for fd in fds if fd != reply.data_fd])
-                fds = []
-                if reply.data_fd is not None:
-                    data_sock = socket.socket(fileno=reply.data_fd)
-                    servers.run_connection(data_sock, f"{label} data fd", serve_data_fd)
-                sock.sendall(reply.data)
-                request = reader.next_request()
+            try:
+                request = request or reader.next_request()
+                while request is not None:
+                    reply = core.control(request, tuple(fds))
+                    if reply.log:
+                        log.warning("%s: %s", label, reply.log)
+                    _close_fds([fd for fd in fds if fd != reply.data_fd])
+                    fds = []
+                    if reply.data_fd is not None:
+                        data_sock = socket.socket(fileno=reply.data_fd)
+                        servers.run_connection(data_sock, f"{label} data fd", serve_data_fd)
+                    sock.sendall(reply.data)
+                    request = reader.next_request()
+            except Malformed as exc:
+                log.warning("%s: closed: %s", label, exc)
+                return
+            finally:
+                _close_fds(fds)
 
     return handle
+
+
+def _log_early_close(label: str, pending: bool) -> None:
+    """A client that hangs up in the middle of a request: one line (a clean close between
+    requests is how clients end a connection, and is not logged)."""
+    if pending:
+        log.warning("%s: closed: the client hung up in the middle of a request", label)
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -322,5 +338,6 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
                 # TCP_NODELAY: Nagle holds the command until the prefix is acknowledged,
                 # and a delayed ACK costs 40 ms per command.  Acknowledge at once.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        _log_early_close(label, port.pending)
 
     return handle

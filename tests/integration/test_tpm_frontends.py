@@ -184,7 +184,7 @@ def test_malformed_frame_closes_that_connection_only(tcp: TpmMount, port_offset:
 
 def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
     """Half a command, then silence: other clients and sysfs are served meanwhile; the
-    early close that follows is no error."""
+    early close that follows is logged."""
     protocol = tcp.tcti.split(":")[0]
     stalled = connect(tcp.port)
     command = commands.get_random(8)
@@ -194,7 +194,9 @@ def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
         with connect(tcp.port) as other:
             assert commands.response_code(tpm_round_trip(other, protocol, command)) == 0
     tcp.mount.read("sys/class/tpm/tpm0/pcr-sha1/0")
+    assert not log_lines(tcp, "hung up")
     stalled.close()
+    assert wait_until(lambda: len(log_lines(tcp, "hung up in the middle of a request")) == 1)
 
 
 def test_sigterm_closes_the_servers(tmp_path: Path) -> None:

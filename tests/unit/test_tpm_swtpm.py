@@ -182,10 +182,17 @@ def test_stateblobs_get_while_running_set_while_stopped(core: sw.Swtpm, vtpm: VT
     assert vtpm.engine.get_state().permanent[:64] == blob[:64]
 
 
-def test_shutdown_powers_the_tpm_off(core: sw.Swtpm, vtpm: VTpm) -> None:
-    assert result(core, sw.CMD_SHUTDOWN) == sw.TPM_SUCCESS
-    assert not vtpm.engine.powered
-    assert data(core, commands.get_random(8)) == NOT_RUNNING
+def test_shutdown_leaves_the_tpm_as_its_client_left_it(core: sw.Swtpm, vtpm: VTpm) -> None:
+    """QEMU's graceful exit: swtpm would exit; the mount keeps the PCRs readable, and the
+    next client's INIT restarts the TPM."""
+    ok(data(core, commands.pcr_extend(16, {"sha256": b"\x01" * 32})))
+    before = vtpm.pcr_value("sha256", 16)
+    reply = core.control(U32.pack(sw.CMD_SHUTDOWN))
+    assert reply.data == bytes(4) and "stays powered" in (reply.log or "")
+    assert vtpm.pcr_value("sha256", 16) == before != "0" * 64 + "\n"
+    assert result(core, sw.CMD_INIT, U32.pack(0)) == sw.TPM_SUCCESS
+    assert data(core, commands.pcr_read("sha256", [16]))[6:10] == \
+        commands.TPM_RC_INITIALIZE.to_bytes(4, "big")
 
 
 def test_get_info_is_libtpms_json_by_flags_and_offset(core: sw.Swtpm) -> None:

@@ -13,13 +13,15 @@ server's business); a control reply that takes a descriptor says so in
 Theory of operation.  One :class:`Swtpm` per vTPM front end; every control connection and
 every data connection of it shares that state, as they share one swtpm process.  "Running"
 is the engine's power: ``CMD_INIT`` powers on (no Startup: the client sends it), ``CMD_STOP``
-and ``CMD_SHUTDOWN`` power off.  While it is not running the data channel answers every
+powers off.  While it is not running the data channel answers every
 command ``80 01 00 00 00 0a 00 00 01 01`` (TPM_RC_FAILURE) and the control commands that
 need a TPM answer TPM_BAD_ORDINAL, as swtpm does.  The mount powers its vTPMs on and sends
 Startup(CLEAR) at boot, like ``swtpm socket --flags not-need-init,startup-clear``.
-Differences from swtpm, on purpose: ``CMD_SHUTDOWN`` powers the TPM off but does not end the
-mount; ``CMD_STORE_VOLATILE`` succeeds without writing a file (state goes to disk only
-through apfs's ``--state``); state blobs are never encrypted (no ``--key``).
+Differences from swtpm, on purpose: ``CMD_SHUTDOWN`` (what QEMU sends when it exits
+gracefully) ends swtpm's process and its TPM with it; the mount outlives its clients, so the
+TPM stays as the guest left it, its PCRs readable in the mount, until the next client's
+``CMD_INIT`` restarts it; ``CMD_STORE_VOLATILE`` succeeds without writing a file (state goes
+to disk only through apfs's ``--state``); state blobs are never encrypted (no ``--key``).
 """
 
 from __future__ import annotations
@@ -165,6 +167,11 @@ class DataReader:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """Part of a command has arrived and waits for the rest."""
+        return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[DataCommand]:
         buffer = self._buffer
@@ -324,6 +331,11 @@ class Swtpm:
         engine.power_on()
         return _result(TPM_SUCCESS)
 
+    def _shutdown(self, body: bytes) -> ControlReply:
+        return ControlReply(U32.pack(TPM_SUCCESS),
+                            log="swtpm control CMD_SHUTDOWN: the TPM stays powered with the "
+                                "state its client left (the mount outlives it)")
+
     def _stop(self, body: bytes) -> ControlReply:
         if self.tpm.engine.powered:
             self.tpm.engine.power_off()
@@ -454,7 +466,7 @@ def info_json(info: dict[str, object], flags: int) -> str:
 _HANDLERS: dict[int, _Handler] = {
     CMD_GET_CAPABILITY: Swtpm._get_capability,
     CMD_INIT: Swtpm._init,
-    CMD_SHUTDOWN: Swtpm._stop,
+    CMD_SHUTDOWN: Swtpm._shutdown,
     CMD_GET_TPMESTABLISHED: Swtpm._get_tpmestablished,
     CMD_SET_LOCALITY: Swtpm._set_locality,
     CMD_HASH_START: Swtpm._hash_start,
