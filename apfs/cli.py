@@ -118,7 +118,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         answer = _read_answer(read_end)
     except KeyboardInterrupt:
         answer = "error: interrupted"
+    *notes, answer = answer.splitlines() or [""]
     if answer == "ready":
+        for note in notes:
+            print(note)
         return 0
     _stop_child(child)
     raise CommandError(answer.removeprefix("error: ")
@@ -138,11 +141,13 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
 
 
 def _read_answer(fd: int) -> str:
-    """The daemon's first line: ``ready`` or ``error: ...``; empty if it died first."""
+    """The daemon's lines up to ``ready`` or ``error: ...`` (notes to print come before
+    ``ready``); empty if it died first."""
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     try:
-        while b"\n" not in data:
+        while not data.endswith(b"\n") or not data.splitlines()[-1].startswith(
+                (b"ready", b"error:")):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 return f"the daemon did not report ready within {READY_TIMEOUT:g} s"

@@ -1,9 +1,13 @@
 """The mount daemon: one host, one FUSE session, one trio nursery.
 
-Front ends (today the FUSE loop; later TCP ports for vTPM clients) run as tasks of one
-nursery, so SIGINT/SIGTERM/SIGHUP cancel them all together and the mount is always unmounted
-on the way out.  ``apfs mount`` starts this module as a child process and waits on a pipe for
-the line ``ready`` (or ``error: ...``), so the CLI returns only once the mount works.
+The FUSE loop runs as a task of one nursery, so SIGINT/SIGTERM/SIGHUP cancel everything
+together and the mount is always unmounted on the way out.  The vTPM's sockets
+(:mod:`apfs.tpm.frontends`) are threads started before the mount and closed after it (their
+socket files removed): measured faster than trio tasks, see :mod:`apfs.tpm.sockets`.
+
+``apfs mount`` starts this module as a child process and waits on a pipe for the line
+``ready`` (or ``error: ...``), so the CLI returns only once the mount works; lines before
+``ready`` are what it prints (the TCTI string, QEMU's options).
 
 The daemon never touches its own mount: once the request loop has stopped nobody would
 answer, and a ``stat`` of the mount point would wait forever.  Whether the mount is still
@@ -25,10 +29,12 @@ import trio
 from apfs import mountinfo, pidfile
 from apfs.fuseloop import install_single_worker_wait
 from apfs.fuseops import SysfsOperations
-from apfs.host import build_host
+from apfs.host import Host, build_host
 from apfs.kmsg import KernelLogHandler
 from apfs.options import add_mount_options
 from apfs.state import StateStore, config_fingerprint
+from apfs.tpm import frontends
+from apfs.tpm.frontends import FrontEndOptions, FrontEnds
 
 log = logging.getLogger("apfs")
 
@@ -47,16 +53,23 @@ def mount_options() -> set[str]:
 
 
 async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int,
-                 owner_fd: int | None) -> None:
+                 owner_fd: int | None, notes: list[str]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
         if owner_fd is not None:
             nursery.start_soon(_stop_when_owner_exits, owner_fd, nursery.cancel_scope)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("apfs: mounted on %s", mountpoint)
+        for note in notes:
+            log.info("apfs: %s", note)
+        # What apfs mount prints (the TCTI string, QEMU's options), then ready.
+        text = "".join(f"{note}\n" for note in notes)
         if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
+            os.write(ready_fd, f"{text}ready\n".encode())
             os.close(ready_fd)
+        elif text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
         await pyfuse3.main(**install_single_worker_wait(spin_us))
         # main() returns when the kernel ends the session (unmounted or aborted from outside).
         log.info("apfs: %s was unmounted", mountpoint)
@@ -96,6 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     mounted = False
     owner_fd = None
     host = None
+    front_ends = None
     try:
         owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
         host = build_host(args.config, args.flavor)
@@ -105,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
             store = StateStore(Path(args.state), config_fingerprint(host.bus.config))
             store.open()
             host.use_store(store)
+        front_ends = _start_front_ends(host, args)
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal,
                               on_write=host.commit if args.state is not None else None)
         pyfuse3.init(ops, mountpoint, mount_options())
@@ -114,11 +129,14 @@ def serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         if mounted:
             pyfuse3.close(unmount=True)
+        if front_ends is not None:
+            front_ends.close()
         if host is not None:
             host.close()
         return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
-        trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd)
+        trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd,
+                 front_ends.lines if front_ends else [])
     finally:
         # A second Ctrl-C must not interrupt the teardown half-way.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -126,9 +144,23 @@ def serve(args: argparse.Namespace) -> int:
         # pyfuse3 unmounts by closing /dev/fuse first, then detaching: nothing can block.
         pyfuse3.close(unmount=_still_mounted(mountpoint, device))
         pidfile.release(pid_path)
+        if front_ends is not None:
+            front_ends.close()  # sockets closed, socket files removed
         host.close()  # the vTPMs: powered off, worker processes ended
         log.info("apfs: stopped")
     return 0
+
+
+def _start_front_ends(host: Host, args: argparse.Namespace) -> FrontEnds | None:
+    """The vTPM's sockets of ``--tpm-port``/``--tpm-socket`` (none without them)."""
+    options = FrontEndOptions(args.tpm_port, args.tpm_protocol,
+                              None if args.tpm_socket is None else Path(args.tpm_socket))
+    if not options.wanted:
+        return None
+    if not host.tpms:
+        raise ValueError("--tpm-port/--tpm-socket: the host has no vTPM (add a [[tpm]] "
+                         "table to its configuration)")
+    return frontends.start(next(iter(host.tpms.values())), options)
 
 
 def _open_owner(pid: int) -> int:

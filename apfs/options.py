@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from apfs.fuseloop import DEFAULT_SPIN_US
+from apfs.tpm.frontends import PROTOCOLS
 from vdev.ap.host import FLAVORS
 
 
@@ -30,6 +31,20 @@ def daemon_command() -> list[str]:
     """How to start the daemon: this interpreter, ``-P`` so that a checkout of apfs in the
     caller's working directory is never imported instead of the installed one."""
     return [sys.executable, "-P", "-m", "apfs.daemon"]
+
+
+def tpm_protocol(text: str) -> str:
+    if text not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TPM protocol "
+                                         f"({', '.join(PROTOCOLS)})")
+    return text
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65534:
+        raise argparse.ArgumentTypeError(f"{text} is not a port for a pair (0..65534)")
+    return value
 
 
 def non_negative(text: str) -> int:
@@ -100,6 +115,19 @@ MOUNT_OPTIONS: tuple[Option, ...] = (
                 "saved before it returns, and a later mount with the same DIR and host "
                 "configuration starts from it; one mount per DIR at a time (default: none, "
                 "volatile like sysfs)"),
+    Option(("--tpm-port",), metavar="PORT", type=port,
+           help="serve the first vTPM on loopback TCP: PORT and PORT+1 (0: a free pair the "
+                "system picks); apfs mount prints the TPM2TOOLS_TCTI string to use, e.g. "
+                "swtpm:host=127.0.0.1,port=2321"),
+    Option(("--tpm-protocol",), metavar="NAME", type=tpm_protocol, default="swtpm",
+           help="the protocol of --tpm-port: swtpm (data port, control port PORT+1; "
+                "tpm2-tools -T swtpm:..., QEMU over TCP) or mssim (Microsoft simulator: "
+                "command port, platform port PORT+1; -T mssim:...); default swtpm"),
+    Option(("--tpm-socket",), metavar="PATH", is_path=True,
+           help="serve swtpm's control channel for the first vTPM on the UNIX socket PATH, "
+                "for QEMU's -tpmdev emulator (CMD_SET_DATAFD passes the data channel); apfs "
+                "mount prints the -chardev/-tpmdev/-device options; PATH is removed at "
+                "unmount"),
 )
 
 

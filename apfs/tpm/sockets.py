@@ -1,0 +1,343 @@
+"""The socket servers of a vTPM: threads with blocking sockets that move bytes between a
+client and a protocol core of :mod:`vdev.tpm.swtpm` / :mod:`vdev.tpm.mssim`.
+
+Owns: :class:`Servers` (the listening sockets of one mount and a thread per connection),
+the connection loops, SCM_RIGHTS on swtpm's UNIX control socket.
+
+Why threads and not trio tasks on the daemon's loop: measured with ``scripts/bench-tpm``
+(GetRandom(32) round trips, everything pinned to one CPU) a blocking ``recv``/``sendall``
+loop per connection costs one system call each way and no scheduler; a trio task adds the
+event loop's wake-ups (the naive trio server measured 2x swtpm).  The TPM commands run in
+the connection's thread (``VTpm.transmit`` is thread-safe and serves callers in arrival
+order), so a slow RSA key generation holds neither the FUSE loop nor other clients' reads.
+
+Every connection ends with one log line when it ends for a reason other than the client's
+own orderly close: a malformed frame, a client that stops reading its responses (sends time
+out after :data:`SEND_TIMEOUT`), a refused request.  No exception leaves a connection thread:
+what is not a socket error is logged with its traceback and closes that connection only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vdev.tpm import mssim, swtpm
+from vdev.tpm.frontend import Malformed, Reply
+from vdev.tpm.virtio import VirtioError
+from vdev.tpm.vtpm import VTpm
+
+log = logging.getLogger("apfs.tpm")
+
+RECV_SIZE = 65536
+SEND_TIMEOUT = 5.0
+"""A client that has not taken a response within this many seconds is dropped."""
+JOIN_TIMEOUT = 5.0
+LOOPBACK = "127.0.0.1"
+
+Handler = Callable[[socket.socket, str], None]
+
+
+class FrontEndError(Exception):
+    """A server cannot start (port taken, socket path in use); the message says which."""
+
+
+def _set_send_timeout(sock: socket.socket) -> None:
+    seconds = int(SEND_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", seconds, int((SEND_TIMEOUT - seconds) * 1e6)))
+
+
+class Servers:
+    """Listening sockets and their connections; :meth:`close` ends them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[socket.socket] = []
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._paths: list[Path] = []
+        self._closed = False
+
+    # -- listening -------------------------------------------------------------------------
+
+    def listen_tcp_pair(self, port: int) -> tuple[socket.socket, socket.socket]:
+        """Loopback listeners on ``port`` and ``port + 1``; with 0, a free pair the system
+        chose."""
+        for _ in range(50 if port == 0 else 1):
+            first = self._tcp_listener(port, "")
+            try:
+                second = self._tcp_listener(first.getsockname()[1] + 1,
+                                            f" (the port after {first.getsockname()[1]})")
+            except FrontEndError:
+                first.close()
+                if port:
+                    raise
+                continue
+            return first, second
+        raise FrontEndError("no free pair of consecutive loopback ports was found")
+
+    @staticmethod
+    def _tcp_listener(port: int, what: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise FrontEndError(f"--tpm-port: cannot listen on {LOOPBACK}:{port}{what}: "
+                                f"{exc.strerror}") from None
+        return sock
+
+    def listen_unix(self, path: Path) -> socket.socket:
+        """A UNIX stream listener at ``path`` (removed again by :meth:`close`); a stale
+        socket nobody answers on is replaced, anything else there is refused."""
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(mode):
+                raise FrontEndError(f"--tpm-socket {path}: exists and is not a socket")
+            if _answers(path):
+                raise FrontEndError(f"--tpm-socket {path}: another server is listening there")
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise FrontEndError(f"--tpm-socket {path}: cannot listen: {exc.strerror}") from None
+        self._paths.append(path)
+        return sock
+
+    def serve(self, listener: socket.socket, name: str, handler: Handler) -> None:
+        """Accept connections on ``listener`` in a thread; each one runs ``handler(sock,
+        label)`` in a thread of its own."""
+        with self._lock:
+            self._listeners.append(listener)
+        self._start(self._accept_loop, (listener, name, handler), f"{name} accept")
+
+    def _start(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._threads.add(thread)
+        thread.start()
+
+    def _accept_loop(self, listener: socket.socket, name: str, handler: Handler) -> None:
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
+                    continue
+                return  # the listener was shut down by close()
+            self.run_connection(sock, f"{name} {_peer(peer)}", handler)
+
+    def run_connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
+        """Serve ``sock`` with ``handler`` in a thread; the socket is closed at its end."""
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_send_timeout(sock)
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return
+            self._connections.add(sock)
+        self._start(self._connection, (sock, label, handler), label)
+
+    def _connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
+        try:
+            handler(sock, label)
+        except OSError as exc:
+            if not self._closed:
+                log.warning("%s: closed: %s", label, exc.strerror or exc)
+        except Exception:
+            log.exception("%s: closed after an internal error", label)
+        finally:
+            with self._lock:
+                self._connections.discard(sock)
+                self._threads.discard(threading.current_thread())
+            sock.close()
+
+    def close(self) -> None:
+        """Stop accepting, end every connection, remove the socket files made here."""
+        with self._lock:
+            self._closed = True
+            listeners, self._listeners = self._listeners, []
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for sock in [*listeners, *connections]:
+            # shutdown() wakes a thread blocked in accept()/recv() on it; close() alone
+            # would not.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for listener in listeners:
+            listener.close()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                # A thread inside a long TPM command finishes it first; it is a daemon
+                # thread, so a command still running after this does not hold the exit.
+                thread.join(JOIN_TIMEOUT)
+        for path in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._paths.clear()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _peer(peer: object) -> str:
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return "local"
+
+
+# -- connection loops ----------------------------------------------------------------------
+
+def _send(sock: socket.socket, label: str, reply: Reply) -> bool:
+    """Send a reply; False when it closes the connection (logged unless quiet)."""
+    if reply.log:
+        log.warning("%s: %s", label, reply.log)
+    if reply.data:
+        sock.sendall(reply.data)
+    if reply.close:
+        if not reply.quiet:
+            log.warning("%s: closed: %s", label, reply.close)
+        return False
+    return True
+
+
+def swtpm_data(core: swtpm.Swtpm) -> Handler:
+    """The data channel: commands raw or TCG-prefixed, in any pieces, any number per
+    connection."""
+
+    def handle(sock: socket.socket, label: str) -> None:
+        reader = swtpm.DataReader()
+        recv, sendall, execute = sock.recv, sock.sendall, core.execute
+        while data := recv(RECV_SIZE):
+            try:
+                for command in reader.feed(data):
+                    sendall(execute(command))
+            except (Malformed, VirtioError) as exc:
+                log.warning("%s: closed: %s", label, exc)
+                return
+        _log_early_close(label, reader.pending)
+
+    return handle
+
+
+def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Handler:
+    """The control channel; with ``takes_fds`` (UNIX sockets) CMD_SET_DATAFD's descriptor is
+    taken from SCM_RIGHTS and its data channel served in a thread of its own."""
+    data_handler = swtpm_data(core)
+
+    def serve_data_fd(sock: socket.socket, label: str) -> None:
+        try:
+            data_handler(sock, label)
+        finally:
+            core.data_fd_in_use = False
+
+    def handle(sock: socket.socket, label: str) -> None:
+        reader = swtpm.ControlReader()
+        deadline = 0.0
+        while True:
+            if reader.pending:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+            else:
+                sock.settimeout(None)
+                deadline = time.monotonic() + swtpm.REQUEST_TIMEOUT
+            fds: list[int] = []
+            try:
+                if takes_fds:
+                    data, fds, _flags, _addr = socket.recv_fds(sock, RECV_SIZE, 4)
+                else:
+                    data = sock.recv(RECV_SIZE)
+            except TimeoutError:  # swtpm's 500 ms are up: it processes what came
+                request: bytes | None = reader.take_partial()
+            else:
+                if not data:
+                    _close_fds(fds)
+                    _log_early_close(label, reader.pending)
+                    return
+                reader.feed(data)
+                request = None
+            sock.settimeout(None)
+            try:
+                request = request or reader.next_request()
+                while request is not None:
+                    reply = core.control(request, tuple(fds))
+                    if reply.log:
+                        log.warning("%s: %s", label, reply.log)
+                    _close_fds([fd for fd in fds if fd != reply.data_fd])
+                    fds = []
+                    if reply.data_fd is not None:
+                        data_sock = socket.socket(fileno=reply.data_fd)
+                        servers.run_connection(data_sock, f"{label} data fd", serve_data_fd)
+                    sock.sendall(reply.data)
+                    request = reader.next_request()
+            except Malformed as exc:
+                log.warning("%s: closed: %s", label, exc)
+                return
+            finally:
+                _close_fds(fds)
+
+    return handle
+
+
+def _log_early_close(label: str, pending: bool) -> None:
+    """A client that hangs up in the middle of a request: one line (a clean close between
+    requests is how clients end a connection, and is not logged)."""
+    if pending:
+        log.warning("%s: closed: the client hung up in the middle of a request", label)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tpm: VTpm,
+               sizes: mssim.CommandSizes) -> Handler:
+    """The mssim command or platform port."""
+
+    def handle(sock: socket.socket, label: str) -> None:
+        port = port_type(tpm, sizes)
+        while data := sock.recv(RECV_SIZE):
+            try:
+                replies = port.receive(data)
+            except VirtioError as exc:
+                log.warning("%s: closed: %s", label, exc)
+                return
+            for reply in replies:
+                if not _send(sock, label, reply):
+                    return
+            if port.pending:
+                # tpm2-tss writes the 9-byte prefix and the command separately without
+                # TCP_NODELAY: Nagle holds the command until the prefix is acknowledged,
+                # and a delayed ACK costs 40 ms per command.  Acknowledge at once.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        _log_early_close(label, port.pending)
+
+    return handle

@@ -1,0 +1,322 @@
+"""The vTPM's socket front ends on real mounts, driven by real clients: ``apfs mount
+--tpm-port 0 [--tpm-protocol mssim] [--tpm-socket PATH]`` as an administrator types it, the
+TCTI string it prints, then tpm2-tools, tpm2-pytss, raw sockets playing QEMU, and garbage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import apfs, unmount
+from helpers import daemon_pid, wait_until
+from tpm2_tools import assert_sysfs_pcrs_match, run_acceptance
+
+from apfs.testing import Mount
+from vdev.tpm import commands
+from vdev.tpm import swtpm as sw
+
+U32 = struct.Struct(">I")
+READ_CLOCK = bytes.fromhex("80010000000a00000181")
+TIMEOUT = 30.0
+
+
+@dataclass
+class TpmMount:
+    mount: Mount
+    port: int
+    tcti: str
+    stdout: str
+    log_file: Path
+
+
+def mount_with(tmp_path: Path, *options: str) -> TpmMount:
+    root = tmp_path / "mnt"
+    root.mkdir()
+    log_file = tmp_path / "daemon.log"
+    done = apfs("mount", *options, "--log", str(log_file), str(root))
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"^TPM2TOOLS_TCTI=(\w+:host=127\.0\.0\.1,port=(\d+))$", done.stdout,
+                      re.MULTILINE)
+    port = int(match[2]) if match else 0
+    return TpmMount(Mount(root), port, match[1] if match else "", done.stdout, log_file)
+
+
+@pytest.fixture(params=["swtpm", "mssim"])
+def tcp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TpmMount]:
+    """A default-host mount serving tpm0 on a free port pair in either protocol."""
+    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-protocol", request.param)
+    try:
+        assert mounted.tcti.startswith(request.param + ":"), mounted.stdout
+        yield mounted
+    finally:
+        unmount(mounted.mount)
+
+
+@pytest.fixture
+def qemu_socket(tmp_path: Path) -> Iterator[tuple[TpmMount, Path]]:
+    path = tmp_path / "tpm.sock"
+    mounted = mount_with(tmp_path, "--tpm-socket", str(path))
+    try:
+        yield mounted, path
+    finally:
+        unmount(mounted.mount)
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"connection closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def tpm_round_trip(sock: socket.socket, protocol: str, command: bytes) -> bytes:
+    """One command over a data (swtpm) or command (mssim) connection."""
+    if protocol == "mssim":
+        sock.sendall(struct.pack(">IBI", 8, 0, len(command)) + command)
+        size = U32.unpack(recv_exact(sock, 4))[0]
+        response = recv_exact(sock, size)
+        assert recv_exact(sock, 4) == bytes(4)
+        return response
+    sock.sendall(command)
+    header = recv_exact(sock, 10)
+    return header + recv_exact(sock, commands.response_size(header) - 10)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """The server closed the connection (after whatever reply it sent)."""
+    try:
+        while chunk := sock.recv(4096):
+            del chunk
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def log_lines(mounted: TpmMount, text: str) -> list[str]:
+    return [line for line in mounted.mount.log().splitlines() if text in line]
+
+
+# -- tpm2-tools and tpm2-pytss -------------------------------------------------------------
+
+def test_apfs_mount_prints_the_tcti_string_and_help_teaches_the_options() -> None:
+    done = apfs("mount", "--help", check=True)
+    text = " ".join(done.stdout.split())
+    for words in ("--tpm-port PORT", "TPM2TOOLS_TCTI", "--tpm-protocol NAME", "mssim",
+                  "--tpm-socket PATH", "-tpmdev emulator", "CMD_SET_DATAFD"):
+        assert words in text, words
+
+
+def test_tpm2_tools_acceptance_sequence_over_the_tcti(tcp: TpmMount, tmp_path: Path) -> None:
+    """The issue's whole tpm2-tools sequence (the interop engineer's module), then the sysfs
+    PCR files equal tpm2_pcrread through the same TCTI."""
+    run_acceptance(tcp.tcti, tmp_path / "work")
+    subprocess.run(["tpm2_pcrextend", "-T", tcp.tcti, "16:sha256=" + "5a" * 32], check=True,
+                   timeout=TIMEOUT)
+    assert_sysfs_pcrs_match(tcp.mount.root / "sys/class/tpm/tpm0", tcp.tcti)
+
+
+def test_tpm2_pytss_esapi_session_over_the_tcti(tcp: TpmMount) -> None:
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+    from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
+
+    name, config = tcp.tcti.split(":", 1)
+    with TCTILdr(name, config) as tcti, ESAPI(tcti) as esapi:
+        assert len(bytes(esapi.get_random(16))) == 16
+        handle, public, *_ = esapi.create_primary(None, "ecc256")
+        assert public.publicArea.type == TPM2_ALG.ECC
+        esapi.flush_context(handle)
+        digest = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+        digest.digest.sha256 = b"\x11" * 32
+        esapi.pcr_extend(ESYS_TR.PCR16, TPML_DIGEST_VALUES([digest]))
+    expected = subprocess.run(["tpm2_pcrread", "-T", tcp.tcti, "sha256:16"], text=True,
+                              capture_output=True, check=True, timeout=TIMEOUT).stdout
+    value = tcp.mount.read("sys/class/tpm/tpm0/pcr-sha256/16").strip()
+    assert f"0x{value}" in expected and value != "0" * 64
+
+
+# -- malformed frames -----------------------------------------------------------------------
+
+GARBAGE = {
+    # data/command port, port + 1: what is sent, the words of the log line
+    "swtpm": ((bytes.fromhex("8001ffffffff0000017b"), "exceeds the 4096-byte buffer"),
+              (U32.pack(sw.CMD_SET_STATEBLOB) + struct.pack(">III", 0, 1, 1 << 30),
+               "exceeds 524288 bytes")),
+    "mssim": ((struct.pack(">IBI", 8, 0, 1 << 30), "exceeds the 4096-byte buffer"),
+              (U32.pack(0x77), "unknown signal 0x77")),
+}
+
+
+@pytest.mark.parametrize("port_offset", [0, 1])
+def test_malformed_frame_closes_that_connection_only(tcp: TpmMount, port_offset: int) -> None:
+    """Garbage on a port closes that connection and logs one line; a client connected
+    before it keeps working and a sysfs read answers."""
+    protocol = tcp.tcti.split(":")[0]
+    good = connect(tcp.port)
+    tpm_round_trip(good, protocol, commands.get_random(8))
+    garbage, words = GARBAGE[protocol][port_offset]
+    with connect(tcp.port + port_offset) as bad:
+        bad.sendall(garbage)
+        assert closed_by_server(bad)
+    assert wait_until(lambda: len(log_lines(tcp, words)) == 1), tcp.mount.log()
+    with good:
+        assert commands.response_code(
+            tpm_round_trip(good, protocol, commands.get_random(8))) == 0
+    assert re.fullmatch("[0-9A-F]{64}\n", tcp.mount.read("sys/class/tpm/tpm0/pcr-sha256/0"))
+
+
+def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
+    """Half a command, then silence: other clients and sysfs are served meanwhile; the
+    early close that follows is logged."""
+    protocol = tcp.tcti.split(":")[0]
+    stalled = connect(tcp.port)
+    command = commands.get_random(8)
+    stalled.sendall((struct.pack(">IBI", 8, 0, len(command)) if protocol == "mssim"
+                     else b"") + command[:5])
+    for _ in range(3):
+        with connect(tcp.port) as other:
+            assert commands.response_code(tpm_round_trip(other, protocol, command)) == 0
+    tcp.mount.read("sys/class/tpm/tpm0/pcr-sha1/0")
+    assert not log_lines(tcp, "hung up")
+    stalled.close()
+    assert wait_until(lambda: len(log_lines(tcp, "hung up in the middle of a request")) == 1)
+
+
+def test_sigterm_closes_the_servers(tmp_path: Path) -> None:
+    path = tmp_path / "tpm.sock"
+    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-socket", str(path))
+    try:
+        assert path.is_socket()
+        pid = daemon_pid(mounted.mount.root)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: not path.exists(), timeout=10), "socket file left behind"
+        with pytest.raises(OSError):
+            connect(mounted.port).close()
+    finally:
+        unmount(mounted.mount)
+
+
+def test_a_taken_port_or_socket_path_is_refused_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "a").mkdir()
+        done = apfs("mount", "--tpm-port", str(port), str(tmp_path / "a"))
+        assert done.returncode == 1
+        assert f"--tpm-port: cannot listen on 127.0.0.1:{port}" in done.stderr
+    not_socket = tmp_path / "file"
+    not_socket.write_text("")
+    (tmp_path / "b").mkdir()
+    done = apfs("mount", "--tpm-socket", str(not_socket), str(tmp_path / "b"))
+    assert done.returncode == 1 and "exists and is not a socket" in done.stderr
+
+
+# -- QEMU's control channel -----------------------------------------------------------------
+
+class Qemu:
+    """What QEMU 7.2's ``-tpmdev emulator`` does on the control socket, per the spec's
+    "Order seen": the data channel is a socketpair end passed with CMD_SET_DATAFD."""
+
+    def __init__(self, path: Path) -> None:
+        self.ctrl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctrl.settimeout(TIMEOUT)
+        self.ctrl.connect(str(path))
+        self.data, theirs = socket.socketpair()
+        self.data.settimeout(TIMEOUT)
+        socket.send_fds(self.ctrl, [U32.pack(sw.CMD_SET_DATAFD)], [theirs.fileno()])
+        theirs.close()
+        self.set_datafd = recv_exact(self.ctrl, 4)
+
+    def control(self, code: int, payload: bytes = b"", answer: int = 4) -> bytes:
+        self.ctrl.sendall(U32.pack(code) + payload)
+        return recv_exact(self.ctrl, answer)
+
+    def command(self, command: bytes) -> bytes:
+        """QEMU reads what one read() gives and takes the size from it."""
+        self.data.sendall(command)
+        response = self.data.recv(4096)
+        assert len(response) == commands.response_size(response), response.hex()
+        return response
+
+    def close(self) -> None:
+        self.data.close()
+        self.ctrl.close()
+
+
+def test_set_datafd_then_qemus_start_sequence_then_a_boot(qemu_socket: tuple[TpmMount,
+                                                                               Path]) -> None:
+    mounted, path = qemu_socket
+    assert f"QEMU: -chardev socket,id=chrtpm0,path={path} -tpmdev emulator,id=tpm0," \
+           "chardev=chrtpm0 -device tpm-tis,tpmdev=tpm0" in mounted.stdout
+    qemu = Qemu(path)
+    assert qemu.set_datafd == bytes(4)
+    probe = qemu.command(READ_CLOCK)
+    assert probe[:2] == b"\x80\x01"
+    assert qemu.control(sw.CMD_GET_CAPABILITY, answer=8) == bytes.fromhex("000000000000ffff")
+    assert qemu.control(sw.CMD_STOP) == bytes(4)
+    assert qemu.control(sw.CMD_SET_BUFFERSIZE, U32.pack(0), answer=16)[:4] == bytes(4)
+    assert qemu.control(sw.CMD_STOP) == bytes(4)
+    assert qemu.control(sw.CMD_SET_BUFFERSIZE, U32.pack(0x1000), answer=16)[:8] == \
+        bytes.fromhex("0000000000001000")
+    assert qemu.command(READ_CLOCK) == bytes.fromhex("80010000000a00000101")  # before INIT
+    assert qemu.control(sw.CMD_INIT, U32.pack(0)) == bytes(4)
+    assert qemu.control(sw.CMD_GET_TPMESTABLISHED, answer=8) == bytes(8)
+    assert qemu.control(sw.CMD_SET_LOCALITY, b"\0\0\0\0") == bytes(4)
+    # The firmware's boot: Startup, a measurement into PCR 0.
+    assert commands.response_code(qemu.command(commands.startup())) == 0
+    assert commands.response_code(qemu.command(
+        commands.pcr_extend(0, {"sha256": b"\x42" * 32}))) == 0
+    pcr0 = mounted.mount.read("sys/class/tpm/tpm0/pcr-sha256/0")
+    assert pcr0 != "0" * 64 + "\n"
+    # A second QEMU while the first holds the data channel: TPM_IOERROR.
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.connect(str(path))
+    mine, theirs = socket.socketpair()
+    socket.send_fds(other, [U32.pack(sw.CMD_SET_DATAFD)], [theirs.fileno()])
+    assert recv_exact(other, 4) == U32.pack(sw.TPM_IOERROR)
+    for sock in (other, mine, theirs):
+        sock.close()
+    # QEMU killed: its data channel hangs up; the next QEMU gets it and sees the PCRs.
+    qemu.close()
+
+    def reattached() -> bool:
+        again = Qemu(path)
+        ok = again.set_datafd == bytes(4)
+        if ok:
+            response = again.command(commands.pcr_read("sha256", [0]))
+            assert commands.parse_pcr_read(response)[0].hex().upper() + "\n" == pcr0
+        again.close()
+        return ok
+
+    assert wait_until(reattached, timeout=10)
+
+
+def test_control_request_cut_short_is_answered_after_500_ms(
+        qemu_socket: tuple[TpmMount, Path]) -> None:
+    """swtpm processes what arrived once its 500 ms are up: INIT without its flags is
+    TPM_BAD_PARAMETER (no timing asserted beyond "eventually")."""
+    _mounted, path = qemu_socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ctrl:
+        ctrl.settimeout(TIMEOUT)
+        ctrl.connect(str(path))
+        ctrl.sendall(U32.pack(sw.CMD_INIT) + b"\0")
+        assert recv_exact(ctrl, 4) == U32.pack(sw.TPM_BAD_PARAMETER)
