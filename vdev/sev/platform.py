@@ -108,7 +108,8 @@ class PdhExport:
 class SevPlatform:
     """One emulated AMD Secure Processor running SEV firmware."""
 
-    def __init__(self, chip_seed: bytes | None = None, *, config_es: bool = False) -> None:
+    def __init__(self, chip_seed: bytes | None = None, *, config_es: bool = True) -> None:
+        # config_es: INIT with SEV-ES enabled, as Linux does on every ES-capable part.
         self.chip_seed = chip_seed if chip_seed is not None else os.urandom(32)
         self.api = API_VERSION
         self.build = BUILD
@@ -299,7 +300,7 @@ class SevPlatform:
             seed = bytes.fromhex(data["chip_seed"])
         except (KeyError, TypeError, ValueError):
             raise ValueError("sev state: chip_seed must be a hex string") from None
-        platform = cls(seed, config_es=bool(data.get("config_es", False)))
+        platform = cls(seed, config_es=bool(data.get("config_es", True)))
         platform.owned = bool(data.get("owned", False))
         for name in ("oca", "pek", "pdh"):
             setattr(platform, name, _pair_from_state(name, data.get(name)))
