@@ -15,7 +15,10 @@ the absence of a context (handle 0 asks for a new one).
 Guest memory is a ``bytearray`` the context owns, addressed from 0 (a guest physical address
 is an offset in it).  The hypervisor writes plaintext into it (:meth:`Guests.host_write`);
 LAUNCH_UPDATE_DATA extends the launch digest with that plaintext and encrypts the range in
-place, one AES call per command (:func:`vdev.sev.crypto.memory_crypt`).
+place, one SHA-256 update and one AES call per command, no copy
+(:func:`vdev.sev.crypto.memory_crypt_in_place`; the bytearray has 16 spare bytes after the
+guest's RAM for it).  Not thread-safe: a caller that runs commands off its event loop runs
+them one at a time, in order.
 
 Choices where the spec leaves room: the debug commands are allowed in every launched state
 (LUPDATE, LSECRET, RUNNING) unless the policy has NODBG; a bad WRAP_MAC or secret MAC is
