@@ -75,7 +75,9 @@ def launch_to_measure(
     session = sevowner.build_session(
         export.pdh, policy if session_policy is None else session_policy
     )
-    memory_size = -(-(len(firmware) + 0x10000) // PAGE) * PAGE
+    area = hash_table_area(firmware)
+    low_end = area.base + area.size if area is not None else 0  # the firmware goes above it
+    memory_size = -(-(low_end + len(firmware) + 0x10000) // PAGE) * PAGE
     handle = guests.launch_start(
         policy=policy,
         memory_size=memory_size,
@@ -87,7 +89,6 @@ def launch_to_measure(
     guests.host_write(handle, firmware_base, firmware)
     guests.launch_update_data(handle, firmware_base, len(firmware))
     if kernel is not None:
-        area = hash_table_area(firmware)
         assert area is not None
         table = kernel_hashes_table(kernel, initrd, cmdline)
         guests.host_write(handle, area.base, table)

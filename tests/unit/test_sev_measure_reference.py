@@ -111,3 +111,11 @@ def test_kernel_needs_a_firmware_with_a_hash_table(tmp_path):
         sevowner.launch_digest(firmware, b"kernel")
     with pytest.raises(subprocess.CalledProcessError):
         reference_cli(tmp_path, firmware, b"kernel", None, None)
+
+
+def test_real_ovmf_footer_with_sev_snp_measure(tmp_path):
+    """sevctl's trimmed real OVMF (tests/unit/sev_vectors): the footer QEMU really parses."""
+    firmware = (Path(__file__).parent / "sev_vectors" / "OVMF.amdsev.fd_trimmed").read_bytes()
+    kernel, initrd, cmdline = b"fake vmlinuz\n", b"fake initrd\n", "foo bar baz fake kernel=cmdline"
+    expected = reference_cli(tmp_path, firmware, kernel, initrd, cmdline)
+    assert firmware_digest(firmware, kernel, initrd, cmdline) == expected
