@@ -133,7 +133,6 @@ class Guests:
 
     def __init__(self, platform: SevPlatform) -> None:
         self.platform = platform
-        self._next_handle = 1
 
     # -- lookup and checks -----------------------------------------------------------------
 
@@ -204,16 +203,21 @@ class Guests:
                 f"up to {MAX_MEMORY}",
             )
         keys = self._transport_keys(policy, godh_cert, session, nonce)
+        try:
+            memory = bytearray(memory_size + MEMORY_SLACK)
+        except MemoryError:
+            raise SevError(
+                Status.RESOURCE_LIMIT, f"{command}: no room for {memory_size} bytes of guest memory"
+            ) from None
         guest = Guest(
-            handle=self._next_handle,
+            handle=self.platform.allocate_handle(),
             policy=policy,
             vek=source.vek if source is not None else os.urandom(KEY_LEN),
             size=memory_size,
-            memory=bytearray(memory_size + MEMORY_SLACK),
+            memory=memory,
             tek=keys.tek,
             tik=keys.tik,
         )
-        self._next_handle += 1
         self.platform.guests[guest.handle] = guest
         return guest.handle
 

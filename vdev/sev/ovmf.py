@@ -19,7 +19,6 @@ from dataclasses import dataclass
 FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
 SEV_HASH_TABLE_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
 SEV_SECRET_GUID = uuid.UUID("4c2eb361-7d9b-4cc3-8081-127c90d3d294")
-SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
 ENTRY_TRAILER = 18  # u16 length + GUID
 FOOTER_OFFSET = 32  # the footer entry ends this many bytes before the image's end
 HASH_TABLE_MIN = 176  # QEMU: the area must hold the padded kernel-hashes table

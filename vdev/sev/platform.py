@@ -115,6 +115,7 @@ class SevPlatform:
         self.build = BUILD
         self.config_es = config_es
         self.guests: dict[int, Guest] = {}
+        self._next_handle = 1
         self._initialized = False
         self._cek: KeyPair | None = None
         self.oca: KeyPair | None = None
@@ -144,6 +145,12 @@ class SevPlatform:
         if self._cek is None:
             self._cek = keys.make_cek(self.chip_seed, self.api)
         return self._cek
+
+    def allocate_handle(self) -> int:
+        """A guest handle never used on this platform before (0 means "new guest")."""
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
 
     def pdh_key(self) -> KeyPair:
         """The PDH a LAUNCH_START agrees its session with (INIT made sure it exists)."""
