@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sevsnpmeasure import guest as sevsnpmeasure  # a test dependency (pyproject's test extras)
+from sevsnpmeasure.sev_mode import SevMode
 
 from tests.unit.sev_helpers import launch_to_measure, ovmf_like, started_platform
 from vdev.sev import owner as sevowner
-
-sevsnpmeasure = pytest.importorskip("sevsnpmeasure.guest", reason="pip install sev-snp-measure")
-from sevsnpmeasure.sev_mode import SevMode  # noqa: E402 - after the importorskip
 
 
 def cli() -> list[str]:
