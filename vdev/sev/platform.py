@@ -239,7 +239,8 @@ class SevPlatform:
             )
         cek_private = self.cek.private
         assert cek_private is not None
-        pek = pek.signed(2, Usage.CEK, cek_private)
+        # The CEK signs the slot the owner's OCA signature does not occupy.
+        pek = pek.signed(2 if pek.sig1.usage == Usage.OCA else 1, Usage.CEK, cek_private)
         self.oca = KeyPair(None, oca)
         self.pek = KeyPair(self.pek.private, pek)
         self.pdh = keys.make_pdh(self.pek, self.api)
