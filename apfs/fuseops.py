@@ -7,8 +7,13 @@ namespace cannot be changed (EACCES for create, EPERM for the rest, never ENOSYS
 so every read and write reaches the daemon.  FLUSH and GETXATTR are the two requests answered
 ENOSYS on purpose: the kernel then stops sending them (see the handlers).
 
-Handlers are plain functions: every device answers synchronously, so nothing here awaits.
-Each is wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits: a device refusal
+Handlers are plain functions: sysfs attributes answer synchronously, so nothing on their
+path awaits.  Device-like files (/dev/tpm0) are the exception: their ``write`` and
+``release`` may block for seconds, so those handlers return a coroutine that runs the call in
+a worker thread (:meth:`SysfsOperations._offload`: one at a time per device, in arrival
+order), after handing the request loop over to another pyfuse3 worker
+(:mod:`apfs.fuseloop`).  Each handler is wrapped once by :func:`_guarded` into the coroutine
+pyfuse3 awaits, which awaits such a returned coroutine too: a device refusal
 becomes its errno, a name that does not resolve its ENOENT/ENOTDIR, and anything else
 (an OSError included) becomes EIO plus a traceback in the log — pyfuse3 only catches
 ``FUSEError``, and anything else would take the whole mount down.
@@ -27,12 +32,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from types import CoroutineType
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
+import trio
 
-from apfs.kernfs import Handle, PathError
+from apfs.kernfs import DeviceHandle, Handle, PathError
 from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
 from vdev.errors import DeviceError
 
@@ -66,7 +73,10 @@ def _guarded(handler: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
     @functools.wraps(handler)
     async def wrapper(*args: Any) -> _T:
         try:
-            return handler(*args)
+            result = handler(*args)
+            if type(result) is CoroutineType:  # a device call run off the loop
+                result = await result
+            return result
         except pyfuse3.FUSEError:
             raise
         except (DeviceError, PathError) as exc:
@@ -137,13 +147,16 @@ class Pyfuse3Cache:
 
 
 class OpenFile:
-    """An open file: what it was opened on, its per-open state, and whether its node died."""
+    """An open file: what it was opened on, its per-open state, and whether its node died.
+    ``queue`` is set for a device-like file: what its blocking calls are serialised on."""
 
-    __slots__ = ("dead", "found", "handle")
+    __slots__ = ("dead", "found", "handle", "queue")
 
-    def __init__(self, found: Lookup, handle: Handle) -> None:
+    def __init__(self, found: Lookup, handle: Handle,
+                 queue: Hashable | None = None) -> None:
         self.found = found
         self.handle = handle
+        self.queue = queue
         self.dead = False
 
 
@@ -164,6 +177,9 @@ class SysfsOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
+        self._queues: dict[Hashable, trio.CapacityLimiter] = {}
+        self.hand_over: Callable[[], None] = _nothing
+        """Called before a handler blocks (set by the daemon: :mod:`apfs.fuseloop`)."""
         self._mount_ns = time.time_ns()
         debug = log.isEnabledFor(logging.DEBUG)
         for name in _HANDLERS:
@@ -275,8 +291,15 @@ class SysfsOperations(pyfuse3.Operations):
         if access in (os.O_RDONLY, os.O_RDWR) and not spec.readable():
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._fh)
-        self._files[fh] = OpenFile(found, spec.open(found.node.obj))
         info = pyfuse3.FileInfo(fh=fh)
+        if spec.blocking:
+            device: Any = spec
+            # FUSE passes O_NONBLOCK (tpm2-tss opens with it); the handle decides what it means.
+            handle = device.open(found.node.obj, bool(flags & os.O_NONBLOCK))
+            self._files[fh] = OpenFile(found, handle, device.queue(found.node.obj))
+            info.nonseekable = not device.seekable
+        else:
+            self._files[fh] = OpenFile(found, spec.open(found.node.obj))
         info.direct_io = True
         info.keep_cache = False
         return info
@@ -298,8 +321,10 @@ class SysfsOperations(pyfuse3.Operations):
             self._on_refusal(self.tree.path_of(opened.found), None, exc)
             raise
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
+        if opened.queue is not None:
+            return self._device_write(opened, offset, data)
         try:
             written = opened.handle.write(offset, data)
         except DeviceError as exc:
@@ -330,8 +355,32 @@ class SysfsOperations(pyfuse3.Operations):
         # round trip: one request in five of a `cat` (see README, Performance).
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+    def release(self, fh: int) -> Any:
+        opened = self._files.pop(fh, None)
+        if opened is not None and opened.queue is not None:
+            handle: DeviceHandle = opened.handle  # type: ignore[assignment]
+            return self._offload(opened.queue, handle.release)
+        return None
+
+    # -- device-like files: calls that block run off the request loop ----------------------
+
+    async def _device_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
+        """A command to a device: no --state commit and no tree change follow it."""
+        assert opened.queue is not None
+        try:
+            return await self._offload(opened.queue, opened.handle.write, offset, data)
+        except DeviceError as exc:
+            self._on_refusal(self.tree.path_of(opened.found), data, exc)
+            raise
+
+    async def _offload(self, queue: Hashable, call: Callable[..., _T], *args: Any) -> _T:
+        """Run ``call(*args)`` in a worker thread, after the calls queued before it on the
+        same device (a trio CapacityLimiter of 1 is granted in FIFO order)."""
+        limiter = self._queues.get(queue)
+        if limiter is None:
+            limiter = self._queues[queue] = trio.CapacityLimiter(1)
+        self.hand_over()
+        return await trio.to_thread.run_sync(call, *args, limiter=limiter)
 
     # -- what sysfs refuses ----------------------------------------------------------------
 
@@ -358,6 +407,10 @@ class SysfsOperations(pyfuse3.Operations):
 
     def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+
+def _nothing() -> None:
+    pass
 
 
 _HANDLERS = frozenset(

@@ -14,7 +14,7 @@ declarations into inodes; :mod:`apfs.fuseops` serves them.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -53,12 +53,28 @@ class Handle(Protocol):
     def write(self, offset: int, data: bytes) -> int: ...
 
 
+class DeviceHandle(Protocol):
+    """An open device-like file (/dev/tpm0): ``write`` and ``release`` may block while a
+    device computes, so the FUSE layer runs them in a worker thread, one at a time per
+    :meth:`Device.queue`, in arrival order.  ``read`` never blocks; offsets are ignored (a
+    character device keeps its own cursor)."""
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> int: ...
+
+    def release(self) -> None: ...
+
+
 class FileSpec(Protocol):
     """One file of a directory table: knows its mode and how to open itself on an object."""
 
     name: str
     mode: int
     when: When | None
+
+    blocking: bool
+    """A :class:`Device`: opened with its flags, served off the request loop."""
 
     size_varies: bool
     """Whether :meth:`size` can change while the file exists (then the kernel must not
@@ -124,6 +140,7 @@ class Attr:
     """Present only while ``when(obj)`` is true (e.g. ``online`` only under a host driver)."""
 
     size_varies = False
+    blocking = False
 
     def size(self, obj: Any) -> int:
         return PAGE_SIZE
@@ -153,6 +170,48 @@ def rw(name: str, show: Show, store: Store, when: When | None = None) -> Attr:
     return Attr(name, 0o644, show=show, store=store, when=when)
 
 
+# --- device-like files (/dev/tpm0) --------------------------------------------------------
+
+
+class Device:
+    """A character device shown as a regular file of size 0 (FUSE cannot make device nodes
+    that reach the daemon): each open gets its own :class:`DeviceHandle`.
+
+    ``open_file(obj, nonblocking)`` makes the handle (raising DeviceError refuses the open,
+    e.g. EBUSY); ``queue(obj)`` names what the handle's blocking calls are serialised on
+    (the TPM).  Mode 0600: udev gives /dev/tpm0 ``root:tss 0660``, but a mount has no tss
+    group to show, so only the owner (the mounting user) may open it.  ``seekable=False``
+    makes lseek() and pread() fail with ESPIPE (FUSE's nonseekable open); a seekable one
+    still ignores the offsets it is given.
+    """
+
+    __slots__ = ("mode", "name", "open_file", "queue", "seekable", "when")
+    blocking = True
+    size_varies = False
+
+    def __init__(self, name: str, open_file: Callable[[Any, bool], DeviceHandle],
+                 queue: Callable[[Any], Hashable], *, seekable: bool = True,
+                 mode: int = 0o600) -> None:
+        self.name = name
+        self.open_file = open_file
+        self.queue = queue
+        self.seekable = seekable
+        self.mode = mode
+        self.when: When | None = None
+
+    def size(self, obj: Any) -> int:
+        return 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def open(self, obj: Any, nonblocking: bool = False) -> DeviceHandle:
+        return self.open_file(obj, nonblocking)
+
+
 # --- snapshot files (not sysfs attributes: the apfs log) ------------------------------------
 
 
@@ -179,6 +238,7 @@ class Snapshot:
 
     size_varies = True
     """Its size is the content's, which grows: never cached by the kernel."""
+    blocking = False
 
     def size(self, obj: Any) -> int:
         return len(self.content(obj))
