@@ -32,14 +32,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
 
-from apfs.kernfs import DeviceHandle, Handle, PathError
+from apfs.kernfs import Device, DeviceHandle, Handle, PathError, Worker
 from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
 from vdev.errors import DeviceError
 
@@ -148,15 +148,17 @@ class Pyfuse3Cache:
 
 class OpenFile:
     """An open file: what it was opened on, its per-open state, and whether its node died.
-    ``queue`` is set for a device-like file: what its blocking calls are serialised on."""
+    ``queue`` is set when its calls may block: what they are serialised on (its TPM);
+    ``device`` for a device-like file (its writes run commands, its release may block)."""
 
-    __slots__ = ("dead", "found", "handle", "queue")
+    __slots__ = ("dead", "device", "found", "handle", "queue")
 
-    def __init__(self, found: Lookup, handle: Handle,
-                 queue: Hashable | None = None) -> None:
+    def __init__(self, found: Lookup, handle: Handle, queue: Worker | None = None,
+                 device: bool = False) -> None:
         self.found = found
         self.handle = handle
         self.queue = queue
+        self.device = device
         self.dead = False
 
 
@@ -177,7 +179,7 @@ class SysfsOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
-        self._queues: dict[Hashable, trio.CapacityLimiter] = {}
+        self._queues: dict[Worker, trio.CapacityLimiter] = {}
         self.hand_over: Callable[[], None] = _nothing
         """Called before a handler blocks (set by the daemon: :mod:`apfs.fuseloop`)."""
         self._mount_ns = time.time_ns()
@@ -292,14 +294,16 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._fh)
         info = pyfuse3.FileInfo(fh=fh)
-        if spec.blocking:
-            device: Any = spec
+        obj = found.node.obj
+        if isinstance(spec, Device):
             # FUSE passes O_NONBLOCK (tpm2-tss opens with it); the handle decides what it means.
-            handle = device.open(found.node.obj, bool(flags & os.O_NONBLOCK))
-            self._files[fh] = OpenFile(found, handle, device.queue(found.node.obj))
-            info.nonseekable = not device.seekable
+            handle = spec.open(obj, bool(flags & os.O_NONBLOCK))
+            self._files[fh] = OpenFile(found, handle, spec.queue(obj), device=True)
+            info.nonseekable = not spec.seekable
+        elif spec.queue is not None:
+            self._files[fh] = OpenFile(found, spec.open(obj), spec.queue(obj))
         else:
-            self._files[fh] = OpenFile(found, spec.open(found.node.obj))
+            self._files[fh] = OpenFile(found, spec.open(obj))
         info.direct_io = True
         info.keep_cache = False
         return info
@@ -312,8 +316,10 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODEV)
         return opened
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int) -> Any:
         opened = self._live(fh)
+        if opened.queue is not None and not opened.device and self._would_wait(opened.queue):
+            return self._queued_read(opened, offset, size)
         try:
             return opened.handle.read(offset, size)
         except DeviceError as exc:
@@ -324,19 +330,23 @@ class SysfsOperations(pyfuse3.Operations):
     def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
         if opened.queue is not None:
-            return self._device_write(opened, offset, data)
+            return self._queued_write(opened, offset, data)
         try:
             written = opened.handle.write(offset, data)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
+        self._written(opened)
+        return written
+
+    def _written(self, opened: OpenFile) -> None:
+        """After an accepted write of an attribute: --state commit, kernel caches."""
         try:
             if self._on_write is not None:
                 # --state: durable before the reply; DeviceError(EIO) after undoing the write.
                 self._on_write(self.tree.path_of(opened.found))
         finally:
             self._after_change(self.tree.changed())
-        return written
 
     def _after_change(self, stale: Invalidations) -> None:
         # An open file belongs to the node it opened: once that vanishes it stays dead, even
@@ -357,23 +367,43 @@ class SysfsOperations(pyfuse3.Operations):
 
     def release(self, fh: int) -> Any:
         opened = self._files.pop(fh, None)
-        if opened is not None and opened.queue is not None:
+        if opened is not None and opened.device:
             handle: DeviceHandle = opened.handle  # type: ignore[assignment]
             return self._offload(opened.queue, handle.release)
         return None
 
-    # -- device-like files: calls that block run off the request loop ----------------------
+    # -- calls that may block run off the request loop ------------------------------------
 
-    async def _device_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
-        """A command to a device: no --state commit and no tree change follow it."""
+    def _would_wait(self, queue: Worker) -> bool:
+        """Whether a call on ``queue`` made now would wait.  An idle TPM answers a PCR read
+        in microseconds, less than a thread hand-off costs (README, vTPM), so such reads
+        stay inline.  Commands of the mount's files start from this loop, so none can
+        start between this check and the read; a socket front end's thread could, and then
+        this one read waits for that command."""
+        limiter = self._queues.get(queue)
+        return queue.busy or (limiter is not None and limiter.borrowed_tokens > 0)
+
+    async def _queued_read(self, opened: OpenFile, offset: int, size: int) -> bytes:
         assert opened.queue is not None
         try:
-            return await self._offload(opened.queue, opened.handle.write, offset, data)
+            return await self._offload(opened.queue, opened.handle.read, offset, size)
+        except DeviceError as exc:
+            self._on_refusal(self.tree.path_of(opened.found), None, exc)
+            raise
+
+    async def _queued_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
+        """A device's write is a command to it: no --state commit or tree change follows."""
+        assert opened.queue is not None
+        try:
+            written = await self._offload(opened.queue, opened.handle.write, offset, data)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
+        if not opened.device:
+            self._written(opened)
+        return written
 
-    async def _offload(self, queue: Hashable, call: Callable[..., _T], *args: Any) -> _T:
+    async def _offload(self, queue: Worker, call: Callable[..., _T], *args: Any) -> _T:
         """Run ``call(*args)`` in a worker thread, after the calls queued before it on the
         same device (a trio CapacityLimiter of 1 is granted in FIFO order)."""
         limiter = self._queues.get(queue)

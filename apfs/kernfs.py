@@ -24,6 +24,17 @@ PAGE_SIZE = 4096
 Path = tuple[str, ...]
 """A location in the tree, as names from the mount root: ``("sys", "devices", "ap")``."""
 
+class Worker(Hashable, Protocol):
+    """What the blocking calls of a file are serialised on (its TPM)."""
+
+    @property
+    def busy(self) -> bool:
+        """Serving a call now: a call made now would wait."""
+        ...
+
+
+Queue = Callable[[Any], Worker]
+"""The :class:`Worker` of a file, given the file's object."""
 Show = Callable[[Any], str]
 Store = Callable[[Any, str], None]
 When = Callable[[Any], bool]
@@ -73,8 +84,11 @@ class FileSpec(Protocol):
     mode: int
     when: When | None
 
-    blocking: bool
-    """A :class:`Device`: opened with its flags, served off the request loop."""
+    queue: Queue | None
+    """Set when reading or writing an open file may block (the file talks to a TPM): the
+    FUSE layer then serves those calls in a worker thread, one at a time per
+    ``queue(obj)``, in arrival order, so that sysfs stays responsive meanwhile (a read
+    while that worker is idle is served inline: it cannot wait)."""
 
     size_varies: bool
     """Whether :meth:`size` can change while the file exists (then the kernel must not
@@ -138,9 +152,10 @@ class Attr:
     store: Store | None = None
     when: When | None = None
     """Present only while ``when(obj)`` is true (e.g. ``online`` only under a host driver)."""
+    queue: Queue | None = None
+    """Set for a ``show``/``store`` that may block (a PCR read waits for the TPM)."""
 
     size_varies = False
-    blocking = False
 
     def size(self, obj: Any) -> int:
         return PAGE_SIZE
@@ -155,9 +170,9 @@ class Attr:
         return TextHandle(self, obj)
 
 
-def ro(name: str, show: Show, when: When | None = None) -> Attr:
+def ro(name: str, show: Show, when: When | None = None, queue: Queue | None = None) -> Attr:
     """``DEVICE_ATTR_RO``: mode 0444."""
-    return Attr(name, 0o444, show=show, when=when)
+    return Attr(name, 0o444, show=show, when=when, queue=queue)
 
 
 def wo(name: str, store: Store, when: When | None = None) -> Attr:
@@ -178,23 +193,23 @@ class Device:
     that reach the daemon): each open gets its own :class:`DeviceHandle`.
 
     ``open_file(obj, nonblocking)`` makes the handle (raising DeviceError refuses the open,
-    e.g. EBUSY); ``queue(obj)`` names what the handle's blocking calls are serialised on
-    (the TPM).  Mode 0600: udev gives /dev/tpm0 ``root:tss 0660``, but a mount has no tss
-    group to show, so only the owner (the mounting user) may open it.  ``seekable=False``
+    e.g. EBUSY); ``queue(obj)`` names what its writes and its release are serialised on
+    (the TPM); its reads never block and are served inline.  Mode 0600: udev gives
+    /dev/tpm0 ``root:tss 0660``, but a mount has no tss group to show, so only the owner
+    (root: apfs files show uid 0) may open it.  ``seekable=False``
     makes lseek() and pread() fail with ESPIPE (FUSE's nonseekable open); a seekable one
     still ignores the offsets it is given.
     """
 
     __slots__ = ("mode", "name", "open_file", "queue", "seekable", "when")
-    blocking = True
     size_varies = False
 
     def __init__(self, name: str, open_file: Callable[[Any, bool], DeviceHandle],
-                 queue: Callable[[Any], Hashable], *, seekable: bool = True,
+                 queue: Queue, *, seekable: bool = True,
                  mode: int = 0o600) -> None:
         self.name = name
         self.open_file = open_file
-        self.queue = queue
+        self.queue: Queue = queue
         self.seekable = seekable
         self.mode = mode
         self.when: When | None = None
@@ -238,7 +253,7 @@ class Snapshot:
 
     size_varies = True
     """Its size is the content's, which grows: never cached by the kernel."""
-    blocking = False
+    queue = None
 
     def size(self, obj: Any) -> int:
         return len(self.content(obj))

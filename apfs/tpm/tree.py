@@ -48,7 +48,12 @@ def virtio_path(tpm: VTpm) -> Path:
 
 
 def _pcr_file(index: int) -> Attr:
-    return ro(str(index), lambda bank: PcrBank.show_pcr(bank, index))
+    # Each read is a PCR_Read, which waits while the TPM computes (an RSA key: seconds).
+    return ro(str(index), lambda bank: PcrBank.show_pcr(bank, index), queue=_bank_tpm)
+
+
+def _bank_tpm(bank: PcrBank) -> VTpm:
+    return bank.tpm
 
 
 PCR_BANK = directory("pcr-bank", *(_pcr_file(i) for i in range(PCR_COUNT)))

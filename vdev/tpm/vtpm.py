@@ -139,6 +139,11 @@ class VTpm:
         with self._chip_lock:
             return self.virtio.transmit(command, self.locality if locality is None else locality)
 
+    @property
+    def busy(self) -> bool:
+        """A command or a sequence is running or waiting: :meth:`transmit` would wait."""
+        return self._chip_lock.busy
+
     def exclusive(self, sequence: Callable[[Send], _T], locality: int | None = None) -> _T:
         """Run ``sequence(send)`` while no other command of any front end runs: ``send``
         transmits one command as :meth:`transmit` does.  For the resource manager's
