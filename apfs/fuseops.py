@@ -369,7 +369,12 @@ class SysfsOperations(pyfuse3.Operations):
         opened = self._files.pop(fh, None)
         if opened is not None and opened.device:
             handle: DeviceHandle = opened.handle  # type: ignore[assignment]
-            return self._offload(opened.queue, handle.release)
+            # Closed now, as the kernel closes at the last close(): RELEASE is queued
+            # before the OPEN of a next opener of /dev/tpm0, which must find it free.
+            flush = handle.release()
+            if flush is not None:
+                assert opened.queue is not None
+                return self._offload(opened.queue, flush)
         return None
 
     # -- calls that may block run off the request loop ------------------------------------

@@ -65,16 +65,17 @@ class Handle(Protocol):
 
 
 class DeviceHandle(Protocol):
-    """An open device-like file (/dev/tpm0): ``write`` and ``release`` may block while a
-    device computes, so the FUSE layer runs them in a worker thread, one at a time per
-    :meth:`Device.queue`, in arrival order.  ``read`` never blocks; offsets are ignored (a
-    character device keeps its own cursor)."""
+    """An open device-like file (/dev/tpm0): ``write`` may block while a device computes,
+    so the FUSE layer runs it in a worker thread, one at a time per :meth:`Device.queue`, in
+    arrival order.  ``read`` never blocks; offsets are ignored (a character device keeps
+    its own cursor).  ``release`` closes at once and returns what may block (flushing a
+    resource manager's space), which then runs like a write."""
 
     def read(self, offset: int, size: int) -> bytes: ...
 
     def write(self, offset: int, data: bytes) -> int: ...
 
-    def release(self) -> None: ...
+    def release(self) -> Callable[[], None] | None: ...
 
 
 class FileSpec(Protocol):
@@ -193,10 +194,10 @@ class Device:
     that reach the daemon): each open gets its own :class:`DeviceHandle`.
 
     ``open_file(obj, nonblocking)`` makes the handle (raising DeviceError refuses the open,
-    e.g. EBUSY); ``queue(obj)`` names what its writes and its release are serialised on
-    (the TPM); its reads never block and are served inline.  Mode 0600: udev gives
-    /dev/tpm0 ``root:tss 0660``, but a mount has no tss group to show, so only the owner
-    (root: apfs files show uid 0) may open it.  ``seekable=False``
+    e.g. EBUSY); ``queue(obj)`` names what its writes (and the blocking part of its
+    release) are serialised on (the TPM); its reads never block and are served inline.
+    Mode 0600: udev gives /dev/tpm0 ``root:tss 0660``, but a mount has no tss group to
+    show, so only the owner (root: apfs files show uid 0) may open it.  ``seekable=False``
     makes lseek() and pread() fail with ESPIPE (FUSE's nonseekable open); a seekable one
     still ignores the offsets it is given.
     """

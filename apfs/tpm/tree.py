@@ -19,7 +19,7 @@ take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from apfs.kernfs import (
     Attr,
@@ -121,8 +121,8 @@ class DeviceFile:
     def write(self, offset: int, data: bytes) -> int:
         return self._file.write(data)
 
-    def release(self) -> None:
-        self._file.release()
+    def release(self) -> Callable[[], None] | None:
+        return self._file.release()
 
 
 MAX_DEV_TPMS = DirKind.MAX_FILES // 2

@@ -65,16 +65,19 @@ class TpmChip:
 
 
 class TpmFile:
-    """One open TPM device file.  ``execute`` runs a command; ``on_close`` (if any) runs
-    once at :meth:`release` (the resource manager flushes its space there)."""
+    """One open TPM device file.  ``execute`` runs a command; at :meth:`release`,
+    ``on_close`` (if any) runs at once and ``flush`` (if any) is handed back to the caller,
+    since it sends commands (the resource manager flushes its space)."""
 
     def __init__(self, node: str, execute: Execute, *, nonblocking: bool = False,
                  on_close: Callable[[], None] | None = None,
+                 flush: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self._execute = execute
         self._nonblocking = nonblocking
         self._on_close = on_close
+        self._flush = flush
         self._clock = clock
         self._lock = threading.Lock()  # buffer_mutex, never held while a command runs
         self._response = b""
@@ -177,12 +180,15 @@ class TpmFile:
 
     # -- close -------------------------------------------------------------------------
 
-    def release(self) -> None:
-        """Close: the pending response is dropped; ``on_close`` runs once."""
+    def release(self) -> Callable[[], None] | None:
+        """Close: the pending response is dropped and ``on_close`` runs, at once (the next
+        opener of an exclusive device must find it free); returns ``flush``, the part that
+        may block, for the caller to run.  Only the first release does anything."""
         with self._lock:
             if self._closed:
-                return
+                return None
             self._closed = True
             self._response, self._cursor, self._error = b"", 0, None
         if self._on_close is not None:
             self._on_close()
+        return self._flush

@@ -196,7 +196,7 @@ class VTpm:
             with contextlib.suppress(TpmStateError):  # powered off: it holds no session
                 self.exclusive(space.close)
 
-        return TpmFile(node, execute, nonblocking=nonblocking, on_close=close)
+        return TpmFile(node, execute, nonblocking=nonblocking, flush=close)
 
     # -- sysfs (tpm-sysfs.c, tpm-chip.c) -------------------------------------------------
 
