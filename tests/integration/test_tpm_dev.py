@@ -268,7 +268,8 @@ def test_random_traffic_on_both_nodes_keeps_the_mount_and_the_tpm_working(
         mount: Mount, tmp_path: Path) -> None:
     rng = random.Random(7)
     valid = [GET_RANDOM_8, get_handles(TRANSIENT), cmd.create_primary("ecc256"),
-             cmd.flush_context(0x80FFFFFF), cmd.pcr_read("sha256", [0, 1])]
+             cmd.flush_context(0x80FFFFFF), cmd.pcr_read("sha256", [0, 1]),
+             b"\x80\x01\x00\x00\x00\x08\x00\x00"]  # shorter than a header
     nodes = [mount.root / "dev/tpm0", mount.root / "dev/tpmrm0"]
     opened: list[int] = []
     for _ in range(400):

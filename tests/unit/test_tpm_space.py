@@ -162,11 +162,13 @@ def test_a_command_the_tpm_does_not_list_gets_the_resource_managers_reply(
     assert reply == UNSUPPORTED_REPLY == bytes.fromhex("80010000000a000b0143")
 
 
-def test_a_command_shorter_than_its_handle_area_is_einval(vtpm: VTpm) -> None:
-    with pytest.raises(DeviceError) as refused:
-        Opener(vtpm).send(cmd.command(TPM_CC_READ_PUBLIC))
-    assert refused.value.errno == errno.EINVAL
-    assert "shorter than its header and 1 handles" in refused.value.message
+def test_a_command_shorter_than_its_header_or_handle_area_is_einval(vtpm: VTpm) -> None:
+    for command, rule in ((cmd.command(TPM_CC_READ_PUBLIC), "its header and 1 handles"),
+                          (b"\x80\x01\x00\x00\x00\x08\x00\x00", "a 10-byte header")):
+        with pytest.raises(DeviceError) as refused:
+            Opener(vtpm).send(command)
+        assert refused.value.errno == errno.EINVAL
+        assert f"shorter than {rule}" in refused.value.message
 
 
 def test_sessions_keep_their_handles_are_saved_between_commands_and_flushed_at_close(

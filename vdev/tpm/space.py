@@ -160,6 +160,9 @@ class Space:
     def execute(self, command: bytes, send: Send) -> bytes:
         """One command through the space (``tpm_dev_transmit`` with a space).  Raises
         :class:`DeviceError` (EINVAL, ENOMEM, ENOENT, EFAULT) as the kernel's write fails."""
+        if len(command) < commands.HEADER_SIZE:  # tpm2_find_and_validate_cc
+            raise DeviceError(errno.EINVAL, f"{self.node}: command of {len(command)} bytes is "
+                                            f"shorter than a {commands.HEADER_SIZE}-byte header")
         (cc,) = struct.unpack_from(">I", command, 6)
         attrs = self.table.get(cc)
         if attrs is None:
