@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mount
+from conftest import Mount, MountFactory
 from tpm2_tools import assert_sysfs_pcrs_match, run_acceptance
 
+from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.tpm import commands as cmd
 
 GET_RANDOM_8 = cmd.get_random(8)
@@ -70,6 +71,15 @@ def failure(call, *args) -> int:
 def test_dev_lists_tpm0_and_tpmrm0_as_root_only_files(mount: Mount) -> None:
     shell = mount.bash("ls -l dev | tail -n +2 | cut -d' ' -f1,5,9")
     assert shell.stdout.splitlines() == ["-rw------- 0 tpm0", "-rw------- 0 tpmrm0"]
+
+
+def test_both_flavors_show_the_devices_of_every_vtpm(mount_factory: MountFactory) -> None:
+    toml = DEFAULT_HOST_TOML.replace("[host]", '[host]\nflavor = "vfio_ap"')
+    mount = mount_factory(toml + '\n[[tpm]]\nname = "first"\n[[tpm]]\nname = "second"\n')
+    assert sorted(os.listdir(mount.root / "dev")) == ["tpm0", "tpm1", "tpmrm0", "tpmrm1"]
+    for node in ("tpm1", "tpmrm1"):  # the second vTPM runs in a worker process
+        shell = mount.bash(f"tpm2_getrandom -T device:dev/{node} --hex 16")
+        assert shell.returncode == 0 and len(shell.stdout) == 32, shell.stderr
 
 
 # -- seed driver semantics and the kernel's errno table ------------------------------------
