@@ -8,15 +8,15 @@ so every read and write reaches the daemon.  FLUSH and GETXATTR are the two requ
 ENOSYS on purpose: the kernel then stops sending them (see the handlers).
 
 Handlers are plain functions: sysfs attributes answer synchronously, so nothing on their
-path awaits.  Device-like files (/dev/tpm0) are the exception: their ``write`` and
-``release`` may block for seconds, so those handlers return a coroutine that runs the call in
-a worker thread (:meth:`SysfsOperations._offload`: one at a time per device, in arrival
-order), after handing the request loop over to another pyfuse3 worker
-(:mod:`apfs.fuseloop`).  Each handler is wrapped once by :func:`_guarded` into the coroutine
-pyfuse3 awaits, which awaits such a returned coroutine too: a device refusal
-becomes its errno, a name that does not resolve its ENOENT/ENOTDIR, and anything else
-(an OSError included) becomes EIO plus a traceback in the log — pyfuse3 only catches
-``FUSEError``, and anything else would take the whole mount down.
+path awaits.  Files that talk to a TPM are the exception (their spec has a ``queue``): a
+write to /dev/tpm0, the flush at close of /dev/tpmrm0, a PCR read while the TPM is busy may
+take seconds, so those handlers return a coroutine that runs the call in a worker thread
+(:meth:`SysfsOperations._offload`: one at a time per TPM, in arrival order), after handing
+the request loop over to another pyfuse3 worker (:mod:`apfs.fuseloop`).  Each handler is
+wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits, which awaits such a
+returned coroutine too: a device refusal becomes its errno, a name that does not resolve its
+ENOENT/ENOTDIR, and anything else (an OSError included) becomes EIO plus a traceback in the
+log — pyfuse3 only catches ``FUSEError``, and anything else would take the whole mount down.
 
 After an accepted write the kernel is told what went stale (:class:`KernelCache`): names that
 vanished, and directories whose link count moved; and every open file whose node vanished is
