@@ -172,12 +172,6 @@ class TpmFile:
         if self._pending() and self._clock() >= self._deadline:
             self._response, self._cursor, self._read_any = b"", 0, True
 
-    @property
-    def readable(self) -> bool:
-        """What ``poll()`` would report as POLLIN: a response (or an error) is pending."""
-        with self._lock:
-            return self._pending() or self._error is not None
-
     # -- close -------------------------------------------------------------------------
 
     def release(self) -> Callable[[], None] | None:
