@@ -137,7 +137,7 @@ class VTpm:
         Raises :class:`~vdev.tpm.virtio.VirtioError` for a refused request and
         :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off."""
         with self._chip_lock:
-            return self.virtio.transmit(command, self.locality if locality is None else locality)
+            return self._send(command, locality)
 
     @property
     def busy(self) -> bool:
@@ -150,13 +150,12 @@ class VTpm:
         load-execute-save sequence, which another opener must never see half-done (the
         kernel holds ``tpm_mutex`` across it).  Waits its turn in arrival order, like
         :meth:`transmit`; ``send`` must not be used after ``sequence`` returns."""
-        where = self.locality if locality is None else locality
-
-        def send(command: bytes) -> bytes:
-            return self.virtio.transmit(command, where)
-
         with self._chip_lock:
-            return sequence(send)
+            return sequence(lambda command: self._send(command, locality))
+
+    def _send(self, command: bytes, locality: int | None) -> bytes:
+        """One command through the virtio device; the caller holds the chip lock."""
+        return self.virtio.transmit(command, self.locality if locality is None else locality)
 
     def _power_on(self) -> None:
         self.engine.power_on()
