@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -206,3 +207,26 @@ def test_contexts_beyond_the_space_buffer_are_enomem_and_the_space_stays(vtpm: V
     assert opener.space.virtual_handles == [0x80FFFFFF]
     assert in_tpm(vtpm, TRANSIENT) == []
     ok(opener.send(read_public(0x80FFFFFF)))
+
+
+def test_a_sequence_holds_the_tpm_against_every_other_command(vtpm: VTpm) -> None:
+    """Another opener's command (or a tpm0 user's) waits until the whole sequence is done."""
+    inside, release = threading.Event(), threading.Event()
+    others: list[bytes] = []
+
+    def sequence(send) -> None:
+        ok(send(cmd.get_random(8)))
+        inside.set()
+        assert release.wait(10)
+
+    holder = threading.Thread(target=vtpm.exclusive, args=(sequence,))
+    holder.start()
+    assert inside.wait(10)
+    other = threading.Thread(target=lambda: others.append(vtpm.transmit(cmd.get_random(8))))
+    other.start()
+    other.join(0.2)
+    assert others == [] and vtpm.busy
+    release.set()
+    holder.join(10)
+    other.join(10)
+    assert len(others) == 1 and not vtpm.busy
