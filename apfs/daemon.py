@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from apfs import mountinfo, pidfile
-from apfs.fuseloop import install_single_worker_wait
+from apfs.fuseloop import install_lean_wait
 from apfs.fuseops import SysfsOperations
 from apfs.host import Host, build_host
 from apfs.kmsg import KernelLogHandler
@@ -53,7 +53,7 @@ def mount_options() -> set[str]:
 
 
 async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int,
-                 owner_fd: int | None, notes: list[str]) -> None:
+                 owner_fd: int | None, ops: SysfsOperations, notes: list[str]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signal, nursery.cancel_scope)
         if owner_fd is not None:
@@ -70,7 +70,8 @@ async def _serve(mountpoint: str, ready_fd: int | None, spin_us: int,
         elif text:
             sys.stdout.write(text)
             sys.stdout.flush()
-        await pyfuse3.main(**install_single_worker_wait(spin_us))
+        loop_args, ops.hand_over = install_lean_wait(spin_us)
+        await pyfuse3.main(**loop_args)
         # main() returns when the kernel ends the session (unmounted or aborted from outside).
         log.info("apfs: %s was unmounted", mountpoint)
         nursery.cancel_scope.cancel()
@@ -135,7 +136,7 @@ def serve(args: argparse.Namespace) -> int:
             host.close()
         return _fail(ready_fd, f"cannot mount {mountpoint}: {exc}")
     try:
-        trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd,
+        trio.run(_serve, mountpoint, ready_fd, args.spin_us, owner_fd, ops,
                  front_ends.lines if front_ends else [])
     finally:
         # A second Ctrl-C must not interrupt the teardown half-way.

@@ -7,11 +7,16 @@ namespace cannot be changed (EACCES for create, EPERM for the rest, never ENOSYS
 so every read and write reaches the daemon.  FLUSH and GETXATTR are the two requests answered
 ENOSYS on purpose: the kernel then stops sending them (see the handlers).
 
-Handlers are plain functions: every device answers synchronously, so nothing here awaits.
-Each is wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits: a device refusal
-becomes its errno, a name that does not resolve its ENOENT/ENOTDIR, and anything else
-(an OSError included) becomes EIO plus a traceback in the log — pyfuse3 only catches
-``FUSEError``, and anything else would take the whole mount down.
+Handlers are plain functions: sysfs attributes answer synchronously, so nothing on their
+path awaits.  Files that talk to a TPM are the exception (their spec has a ``queue``): a
+write to /dev/tpm0, the flush at close of /dev/tpmrm0, a PCR read while the TPM is busy may
+take seconds, so those handlers return a coroutine that runs the call in a worker thread
+(:meth:`SysfsOperations._offload`: one at a time per TPM, in arrival order), after handing
+the request loop over to another pyfuse3 worker (:mod:`apfs.fuseloop`).  Each handler is
+wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits, which awaits such a
+returned coroutine too: a device refusal becomes its errno, a name that does not resolve its
+ENOENT/ENOTDIR, and anything else (an OSError included) becomes EIO plus a traceback in the
+log — pyfuse3 only catches ``FUSEError``, and anything else would take the whole mount down.
 
 After an accepted write the kernel is told what went stale (:class:`KernelCache`): names that
 vanished, and directories whose link count moved; and every open file whose node vanished is
@@ -28,11 +33,13 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any, Protocol, TypeVar
 
 import pyfuse3
+import trio
 
-from apfs.kernfs import Handle, PathError
+from apfs.kernfs import Device, DeviceHandle, Handle, PathError, Worker
 from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
 from vdev.errors import DeviceError
 
@@ -66,7 +73,10 @@ def _guarded(handler: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
     @functools.wraps(handler)
     async def wrapper(*args: Any) -> _T:
         try:
-            return handler(*args)
+            result = handler(*args)
+            if type(result) is CoroutineType:  # a device call run off the loop
+                result = await result
+            return result
         except pyfuse3.FUSEError:
             raise
         except (DeviceError, PathError) as exc:
@@ -137,13 +147,18 @@ class Pyfuse3Cache:
 
 
 class OpenFile:
-    """An open file: what it was opened on, its per-open state, and whether its node died."""
+    """An open file: what it was opened on, its per-open state, and whether its node died.
+    ``queue`` is set when its calls may block: what they are serialised on (its TPM);
+    ``device`` for a device-like file (its writes run commands, its release may block)."""
 
-    __slots__ = ("dead", "found", "handle")
+    __slots__ = ("dead", "device", "found", "handle", "queue")
 
-    def __init__(self, found: Lookup, handle: Handle) -> None:
+    def __init__(self, found: Lookup, handle: Handle, queue: Worker | None = None,
+                 device: bool = False) -> None:
         self.found = found
         self.handle = handle
+        self.queue = queue
+        self.device = device
         self.dead = False
 
 
@@ -164,6 +179,9 @@ class SysfsOperations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[tuple[str, Lookup]]] = {}
         self._fh = itertools.count(1)
+        self._queues: dict[Worker, trio.CapacityLimiter] = {}
+        self.hand_over: Callable[[], None] = _nothing
+        """Called before a handler blocks (set by the daemon: :mod:`apfs.fuseloop`)."""
         self._mount_ns = time.time_ns()
         debug = log.isEnabledFor(logging.DEBUG)
         for name in _HANDLERS:
@@ -275,8 +293,17 @@ class SysfsOperations(pyfuse3.Operations):
         if access in (os.O_RDONLY, os.O_RDWR) and not spec.readable():
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._fh)
-        self._files[fh] = OpenFile(found, spec.open(found.node.obj))
         info = pyfuse3.FileInfo(fh=fh)
+        obj = found.node.obj
+        if isinstance(spec, Device):
+            # FUSE passes O_NONBLOCK (tpm2-tss opens with it); the handle decides what it means.
+            handle = spec.open(obj, bool(flags & os.O_NONBLOCK))
+            self._files[fh] = OpenFile(found, handle, spec.queue(obj), device=True)
+            info.nonseekable = not spec.seekable
+        elif spec.queue is not None:
+            self._files[fh] = OpenFile(found, spec.open(obj), spec.queue(obj))
+        else:
+            self._files[fh] = OpenFile(found, spec.open(obj))
         info.direct_io = True
         info.keep_cache = False
         return info
@@ -289,8 +316,10 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODEV)
         return opened
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int) -> Any:
         opened = self._live(fh)
+        if opened.queue is not None and not opened.device and self._would_wait(opened.queue):
+            return self._queued_read(opened, offset, size)
         try:
             return opened.handle.read(offset, size)
         except DeviceError as exc:
@@ -298,20 +327,26 @@ class SysfsOperations(pyfuse3.Operations):
             self._on_refusal(self.tree.path_of(opened.found), None, exc)
             raise
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
+        if opened.queue is not None:
+            return self._queued_write(opened, offset, data)
         try:
             written = opened.handle.write(offset, data)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
+        self._written(opened)
+        return written
+
+    def _written(self, opened: OpenFile) -> None:
+        """After an accepted write of an attribute: --state commit, kernel caches."""
         try:
             if self._on_write is not None:
                 # --state: durable before the reply; DeviceError(EIO) after undoing the write.
                 self._on_write(self.tree.path_of(opened.found))
         finally:
             self._after_change(self.tree.changed())
-        return written
 
     def _after_change(self, stale: Invalidations) -> None:
         # An open file belongs to the node it opened: once that vanishes it stays dead, even
@@ -330,8 +365,57 @@ class SysfsOperations(pyfuse3.Operations):
         # round trip: one request in five of a `cat` (see README, Performance).
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+    def release(self, fh: int) -> Any:
+        opened = self._files.pop(fh, None)
+        if opened is not None and opened.device:
+            handle: DeviceHandle = opened.handle  # type: ignore[assignment]
+            # Closed now, as the kernel closes at the last close(): RELEASE is queued
+            # before the OPEN of a next opener of /dev/tpm0, which must find it free.
+            flush = handle.release()
+            if flush is not None:
+                assert opened.queue is not None
+                return self._offload(opened.queue, flush)
+        return None
+
+    # -- calls that may block run off the request loop ------------------------------------
+
+    def _would_wait(self, queue: Worker) -> bool:
+        """Whether a call on ``queue`` made now would wait.  An idle TPM answers a PCR read
+        in microseconds, less than a thread hand-off costs (README, vTPM), so such reads
+        stay inline.  Commands of the mount's files start from this loop, so none can
+        start between this check and the read; a socket front end's thread could, and then
+        this one read waits for that command."""
+        limiter = self._queues.get(queue)
+        return queue.busy or (limiter is not None and limiter.borrowed_tokens > 0)
+
+    async def _queued_read(self, opened: OpenFile, offset: int, size: int) -> bytes:
+        assert opened.queue is not None
+        try:
+            return await self._offload(opened.queue, opened.handle.read, offset, size)
+        except DeviceError as exc:
+            self._on_refusal(self.tree.path_of(opened.found), None, exc)
+            raise
+
+    async def _queued_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
+        """A device's write is a command to it: no --state commit or tree change follows."""
+        assert opened.queue is not None
+        try:
+            written = await self._offload(opened.queue, opened.handle.write, offset, data)
+        except DeviceError as exc:
+            self._on_refusal(self.tree.path_of(opened.found), data, exc)
+            raise
+        if not opened.device:
+            self._written(opened)
+        return written
+
+    async def _offload(self, queue: Worker, call: Callable[..., _T], *args: Any) -> _T:
+        """Run ``call(*args)`` in a worker thread, after the calls queued before it on the
+        same device (a trio CapacityLimiter of 1 is granted in FIFO order)."""
+        limiter = self._queues.get(queue)
+        if limiter is None:
+            limiter = self._queues[queue] = trio.CapacityLimiter(1)
+        self.hand_over()
+        return await trio.to_thread.run_sync(call, *args, limiter=limiter)
 
     # -- what sysfs refuses ----------------------------------------------------------------
 
@@ -358,6 +442,10 @@ class SysfsOperations(pyfuse3.Operations):
 
     def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+
+def _nothing() -> None:
+    pass
 
 
 _HANDLERS = frozenset(

@@ -284,8 +284,10 @@ def _control(guest_class: type) -> DirKind:
     )
 
 
-ROOT = directory("", Subdir("sys", SYSFS), Subdir("apfs", _control(GuestView)))
-VFIO_ROOT = directory("", Subdir("sys", VFIO_SYSFS), Subdir("apfs", _control(LiveGuest)))
+ROOT = directory("", Subdir("sys", SYSFS), Subdir("dev", tpm_tree.DEV, _tpms),
+                 Subdir("apfs", _control(GuestView)))
+VFIO_ROOT = directory("", Subdir("sys", VFIO_SYSFS), Subdir("dev", tpm_tree.DEV, _tpms),
+                      Subdir("apfs", _control(LiveGuest)))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ declarations into inodes; :mod:`apfs.fuseops` serves them.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -24,6 +24,17 @@ PAGE_SIZE = 4096
 Path = tuple[str, ...]
 """A location in the tree, as names from the mount root: ``("sys", "devices", "ap")``."""
 
+class Worker(Hashable, Protocol):
+    """What the blocking calls of a file are serialised on (its TPM)."""
+
+    @property
+    def busy(self) -> bool:
+        """Serving a call now: a call made now would wait."""
+        ...
+
+
+Queue = Callable[[Any], Worker]
+"""The :class:`Worker` of a file, given the file's object."""
 Show = Callable[[Any], str]
 Store = Callable[[Any, str], None]
 When = Callable[[Any], bool]
@@ -53,12 +64,32 @@ class Handle(Protocol):
     def write(self, offset: int, data: bytes) -> int: ...
 
 
+class DeviceHandle(Protocol):
+    """An open device-like file (/dev/tpm0): ``write`` may block while a device computes,
+    so the FUSE layer runs it in a worker thread, one at a time per :meth:`Device.queue`, in
+    arrival order.  ``read`` never blocks; offsets are ignored (a character device keeps
+    its own cursor).  ``release`` closes at once and returns what may block (flushing a
+    resource manager's space), which then runs like a write."""
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> int: ...
+
+    def release(self) -> Callable[[], None] | None: ...
+
+
 class FileSpec(Protocol):
     """One file of a directory table: knows its mode and how to open itself on an object."""
 
     name: str
     mode: int
     when: When | None
+
+    queue: Queue | None
+    """Set when reading or writing an open file may block (the file talks to a TPM): the
+    FUSE layer then serves those calls in a worker thread, one at a time per
+    ``queue(obj)``, in arrival order, so that sysfs stays responsive meanwhile (a read
+    while that worker is idle is served inline: it cannot wait)."""
 
     size_varies: bool
     """Whether :meth:`size` can change while the file exists (then the kernel must not
@@ -122,6 +153,8 @@ class Attr:
     store: Store | None = None
     when: When | None = None
     """Present only while ``when(obj)`` is true (e.g. ``online`` only under a host driver)."""
+    queue: Queue | None = None
+    """Set for a ``show``/``store`` that may block (a PCR read waits for the TPM)."""
 
     size_varies = False
 
@@ -138,9 +171,9 @@ class Attr:
         return TextHandle(self, obj)
 
 
-def ro(name: str, show: Show, when: When | None = None) -> Attr:
+def ro(name: str, show: Show, when: When | None = None, queue: Queue | None = None) -> Attr:
     """``DEVICE_ATTR_RO``: mode 0444."""
-    return Attr(name, 0o444, show=show, when=when)
+    return Attr(name, 0o444, show=show, when=when, queue=queue)
 
 
 def wo(name: str, store: Store, when: When | None = None) -> Attr:
@@ -151,6 +184,48 @@ def wo(name: str, store: Store, when: When | None = None) -> Attr:
 def rw(name: str, show: Show, store: Store, when: When | None = None) -> Attr:
     """``DEVICE_ATTR_RW``: mode 0644."""
     return Attr(name, 0o644, show=show, store=store, when=when)
+
+
+# --- device-like files (/dev/tpm0) --------------------------------------------------------
+
+
+class Device:
+    """A character device shown as a regular file of size 0 (FUSE cannot make device nodes
+    that reach the daemon): each open gets its own :class:`DeviceHandle`.
+
+    ``open_file(obj, nonblocking)`` makes the handle (raising DeviceError refuses the open,
+    e.g. EBUSY); ``queue(obj)`` names what its writes (and the blocking part of its
+    release) are serialised on (the TPM); its reads never block and are served inline.
+    Mode 0600: udev gives /dev/tpm0 ``root:tss 0660``, but a mount has no tss group to
+    show, so only the owner (root: apfs files show uid 0) may open it.  ``seekable=False``
+    makes lseek() and pread() fail with ESPIPE (FUSE's nonseekable open); a seekable one
+    still ignores the offsets it is given.
+    """
+
+    __slots__ = ("mode", "name", "open_file", "queue", "seekable", "when")
+    size_varies = False
+
+    def __init__(self, name: str, open_file: Callable[[Any, bool], DeviceHandle],
+                 queue: Queue, *, seekable: bool = True,
+                 mode: int = 0o600) -> None:
+        self.name = name
+        self.open_file = open_file
+        self.queue: Queue = queue
+        self.seekable = seekable
+        self.mode = mode
+        self.when: When | None = None
+
+    def size(self, obj: Any) -> int:
+        return 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def open(self, obj: Any, nonblocking: bool = False) -> DeviceHandle:
+        return self.open_file(obj, nonblocking)
 
 
 # --- snapshot files (not sysfs attributes: the apfs log) ------------------------------------
@@ -179,6 +254,7 @@ class Snapshot:
 
     size_varies = True
     """Its size is the content's, which grows: never cached by the kernel."""
+    queue = None
 
     def size(self, obj: Any) -> int:
         return len(self.content(obj))

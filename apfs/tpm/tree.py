@@ -8,7 +8,9 @@ A guest kernel shows a TPM 2.0 behind a virtio-mmio transport as::
     sys/class/tpm/tpmN     -> ../../devices/platform/virtio-mmio.N/virtioN/tpm/tpmN
     sys/class/tpmrm/tpmrmN -> ../../devices/platform/virtio-mmio.N/virtioN/tpmrm/tpmrmN
 
-and apfs adds ``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
+the character devices are ``dev/tpmN`` and ``dev/tpmrmN`` in the mount (regular files that
+behave as the devices do, see :class:`apfs.kernfs.Device`), and apfs adds
+``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
 ``locality``, ``established``, ``info``.  Every file's content is a method of
 :class:`vdev.tpm.vtpm.VTpm` (but the virtio transport's two constants); this module knows
 only names, modes and places.  Directories
@@ -17,7 +19,23 @@ take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
 
 from __future__ import annotations
 
-from apfs.kernfs import Attr, Link, Links, Path, Subdir, Subdirs, directory, ro, rw, wo
+from collections.abc import Callable, Mapping
+
+from apfs.kernfs import (
+    Attr,
+    Device,
+    DirKind,
+    Link,
+    Links,
+    Path,
+    Subdir,
+    Subdirs,
+    directory,
+    ro,
+    rw,
+    wo,
+)
+from vdev.tpm.chardev import TpmFile
 from vdev.tpm.commands import PCR_COUNT
 from vdev.tpm.virtio import VIRTIO_ID_TPM
 from vdev.tpm.vtpm import PcrBank, VTpm
@@ -30,7 +48,12 @@ def virtio_path(tpm: VTpm) -> Path:
 
 
 def _pcr_file(index: int) -> Attr:
-    return ro(str(index), lambda bank: PcrBank.show_pcr(bank, index))
+    # Each read is a PCR_Read, which waits while the TPM computes (an RSA key: seconds).
+    return ro(str(index), lambda bank: PcrBank.show_pcr(bank, index), queue=_bank_tpm)
+
+
+def _bank_tpm(bank: PcrBank) -> VTpm:
+    return bank.tpm
 
 
 PCR_BANK = directory("pcr-bank", *(_pcr_file(i) for i in range(PCR_COUNT)))
@@ -80,3 +103,49 @@ CONTROL = directory(
 
 CONTROLS = directory("tpm", Subdirs(CONTROL, lambda tpms: {t.name: t for t in tpms.values()},
                                     stable=True))
+
+
+class DeviceFile:
+    """An open ``dev/tpmN`` or ``dev/tpmrmN`` as the FUSE layer drives it: the file offsets
+    FUSE passes are ignored (the kernel's TPM files reset the position at each write; a FUSE
+    file cannot, so the device keeps its own cursor)."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: TpmFile) -> None:
+        self._file = file
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._file.read(size)
+
+    def write(self, offset: int, data: bytes) -> int:
+        return self._file.write(data)
+
+    def release(self) -> Callable[[], None] | None:
+        return self._file.release()
+
+
+MAX_DEV_TPMS = DirKind.MAX_FILES // 2
+"""``dev/`` shows the device files of a host's first 63 vTPMs (a directory table holds at
+most 127 files)."""
+
+
+def _dev_files(index: int) -> tuple[Device, Device]:
+    def tpm(tpms: Mapping[str, VTpm]) -> VTpm:
+        return tpms[f"tpm{index}"]
+
+    def present(tpms: Mapping[str, VTpm]) -> bool:
+        return f"tpm{index}" in tpms
+
+    tpm0 = Device(f"tpm{index}", lambda tpms, nonblocking: DeviceFile(
+        tpm(tpms).open_tpm(nonblocking)), tpm)
+    # tpmrm is a stream (tpmrm_open: not seekable, pread is ESPIPE); tpm0 is seekable
+    # through FUSE though the kernel's is not (no_llseek): FUSE cannot refuse lseek alone.
+    tpmrm0 = Device(f"tpmrm{index}", lambda tpms, nonblocking: DeviceFile(
+        tpm(tpms).open_tpmrm(nonblocking)), tpm, seekable=False)
+    tpm0.when = tpmrm0.when = present
+    return tpm0, tpmrm0
+
+
+DEV = directory("dev", *(f for i in range(MAX_DEV_TPMS) for f in _dev_files(i)))
+"""``MOUNT/dev``: ``tpmN`` and ``tpmrmN`` of each vTPM; takes the vTPMs by chip name."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 
 import pyfuse3
 import pytest
+import trio
+import trio.testing
 
 from apfs.fuseops import STABLE_TIMEOUT, SysfsOperations
-from apfs.kernfs import Link, Subdir, Subdirs, directory, relative_link, ro, rw, wo
+from apfs.kernfs import Device, Link, Subdir, Subdirs, directory, relative_link, ro, rw, wo
 from apfs.tree import Tree
 from vdev.errors import DeviceError
 
@@ -233,3 +236,123 @@ async def test_links_are_relative_to_their_directory(ops: SysfsOperations) -> No
 ])
 def test_relative_link_goes_up_to_the_common_ancestor(link_dir, target, text) -> None:
     assert relative_link(link_dir, target) == text
+
+
+# -- device-like files: blocking calls run off the request loop ------------------------------
+
+
+class SlowDevice:
+    """A device whose commands wait for the test to let them finish (a TPM computing)."""
+
+    busy = False
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.order: list[bytes] = []
+        self.opened: list[bool] = []
+
+    def open(self, nonblocking: bool) -> SlowFile:
+        self.opened.append(nonblocking)
+        return SlowFile(self)
+
+
+class SlowFile:
+    def __init__(self, device: SlowDevice) -> None:
+        self.device = device
+        self.response = b""
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.response[:size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        if data == b"crash":
+            raise RuntimeError("a bug in a device")
+        if data == b"refuse":
+            raise DeviceError(errno.EBUSY, "dev/slow: refused")
+        self.device.order.append(data)
+        assert self.device.go.wait(10)
+        self.response = data.upper()
+        return len(data)
+
+    def release(self) -> None:
+        return None
+
+
+class DeviceModel(Model):
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = SlowDevice()
+
+
+DEVICE_ROOT = directory(
+    "",
+    rw("value", lambda m: f"{m.value}\n", _store_value),
+    Device("slow", lambda m, nonblocking: m.slow.open(nonblocking), lambda m: m.slow),
+)
+
+
+@pytest.fixture
+def device_ops() -> SysfsOperations:
+    refusals: list[str] = []
+    operations = SysfsOperations(Tree(DEVICE_ROOT, DeviceModel()),
+                                 on_refusal=lambda path, data, exc: refusals.append(path),
+                                 kernel=RecordedKernel())
+    operations.refusals = refusals  # type: ignore[attr-defined]
+    return operations
+
+
+async def test_a_blocked_device_write_leaves_the_attributes_answering(
+        device_ops: SysfsOperations) -> None:
+    ops = device_ops
+    device: SlowDevice = ops.tree.root.obj.slow
+    handed_over: list[int] = []
+    ops.hand_over = lambda: handed_over.append(1)
+    info = await ops.open(await _ino(ops, "slow"), os.O_RDWR | os.O_NONBLOCK, None)
+    assert device.opened == [True] and info.nonseekable is False and info.direct_io
+    written: list[int] = []
+
+    async def write() -> None:
+        written.append(await ops.write(info.fh, 0, b"cmd"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        while not device.order:
+            await trio.sleep(0.001)
+        # The command is running in a thread: the loop still serves sysfs.
+        assert await _cat(ops, await _ino(ops, "value")) == b"1\n"
+        assert written == [] and handed_over == [1]
+        device.go.set()
+    assert written == [3]
+    assert await ops.read(info.fh, 0, 4096) == b"CMD"
+    await ops.release(info.fh)
+
+
+async def test_device_writes_run_one_at_a_time_in_arrival_order(
+        device_ops: SysfsOperations) -> None:
+    ops = device_ops
+    device: SlowDevice = ops.tree.root.obj.slow
+    ino = await _ino(ops, "slow")
+    files = [(await ops.open(ino, os.O_RDWR, None)).fh for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        for n, fh in enumerate(files):
+            nursery.start_soon(ops.write, fh, 0, b"%d" % n)
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(0.05)
+        assert device.order == [b"0"]  # the others wait their turn, not in threads
+        device.go.set()
+    assert device.order == [b"0", b"1", b"2"]
+
+
+async def test_device_refusals_and_bugs_answer_an_errno(device_ops: SysfsOperations,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    ops = device_ops
+    info = await ops.open(await _ino(ops, "slow"), os.O_RDWR, None)
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.write(info.fh, 0, b"refuse")
+    assert refused.value.errno == errno.EBUSY
+    assert ops.refusals == ["slow"]  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="apfs"), pytest.raises(pyfuse3.FUSEError) as bug:
+        await ops.write(info.fh, 0, b"crash")
+    assert bug.value.errno == errno.EIO
+    assert "a bug in a device" in caplog.text
+    await ops.release(info.fh)

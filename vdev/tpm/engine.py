@@ -88,6 +88,11 @@ class FifoLock:
             self._waiters.append(waiter)
         waiter.acquire()  # released by the holder's __exit__: the lock is ours now
 
+    @property
+    def busy(self) -> bool:
+        """Held (or handed over to a waiter) right now: a caller would wait."""
+        return self._busy
+
     def __exit__(self, *exc: object) -> None:
         with self._mutex:
             if self._waiters:

@@ -22,16 +22,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, TypeVar
 
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool, kstrtoul
 from vdev.tpm import commands
+from vdev.tpm.chardev import TpmChip, TpmFile
 from vdev.tpm.config import DEFAULT_PCR_BANKS, TpmConfig
-from vdev.tpm.engine import Tpm, TpmEngine, check_locality
+from vdev.tpm.engine import FifoLock, Tpm, TpmEngine, check_locality
 from vdev.tpm.errors import TpmInUse, TpmLibraryError, TpmStateError
 from vdev.tpm.provision import allocate_pcr_banks
+from vdev.tpm.space import TPM_PT_TOTAL_COMMANDS, CommandTable, Space
 from vdev.tpm.virtio import VirtioTpm
 from vdev.tpm.worker import TpmWorker
 
@@ -47,6 +49,9 @@ BOOT_LOCALITY = 0
 locality 0 (Startup is refused from localities 1 and 2, TPM_RC_LOCALITY)."""
 TPM_BAD_LOCALITY = 0x3D
 """The TPM_RESULT libtpms answers when the established flag is reset from locality < 3."""
+
+_T = TypeVar("_T")
+Send = Callable[[bytes], bytes]
 
 
 def open_engine() -> TpmEngine:
@@ -82,6 +87,12 @@ class VTpm:
         resetting the established flag); 0 as for an OS."""
         self.pcr_banks: dict[str, PcrBank] = {}
         """``pcr-<bank>`` → bank, as the guest driver found them at probe."""
+        self.command_table = CommandTable({})
+        """TPMA_CC of the commands the TPM listed at probe (what ``tpmrm`` accepts)."""
+        self.chip = TpmChip(f"/dev/{self.device_name}")
+        self._chip_lock = FifoLock()
+        """The kernel's ``tpm_mutex``: one command, or one resource-manager sequence, at a
+        time, in arrival order (:meth:`transmit`, :meth:`exclusive`)."""
 
     @property
     def name(self) -> str:
@@ -108,6 +119,11 @@ class VTpm:
                                 commands.get_capability(commands.TPM_CAP_PCRS, 0, 1))
         self.pcr_banks = {f"pcr-{bank}": PcrBank(self, bank)
                           for bank in commands.parse_pcr_allocation(response)}
+        response = self._expect("GetCapability(PT_TOTAL_COMMANDS)", commands.get_capability(
+            commands.TPM_CAP_TPM_PROPERTIES, TPM_PT_TOTAL_COMMANDS, 1))
+        total = int.from_bytes(response[-4:], "big")
+        self.command_table = CommandTable.parse(
+            self._expect("GetCapability(COMMANDS)", CommandTable.probe_commands(total)))
 
     def close(self) -> None:
         self.engine.close()
@@ -120,6 +136,25 @@ class VTpm:
         it in a thread.  Commands of all callers are served one at a time, in arrival order.
         Raises :class:`~vdev.tpm.virtio.VirtioError` for a refused request and
         :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off."""
+        with self._chip_lock:
+            return self._send(command, locality)
+
+    @property
+    def busy(self) -> bool:
+        """A command or a sequence is running or waiting: :meth:`transmit` would wait."""
+        return self._chip_lock.busy
+
+    def exclusive(self, sequence: Callable[[Send], _T], locality: int | None = None) -> _T:
+        """Run ``sequence(send)`` while no other command of any front end runs: ``send``
+        transmits one command as :meth:`transmit` does.  For the resource manager's
+        load-execute-save sequence, which another opener must never see half-done (the
+        kernel holds ``tpm_mutex`` across it).  Waits its turn in arrival order, like
+        :meth:`transmit`; ``send`` must not be used after ``sequence`` returns."""
+        with self._chip_lock:
+            return sequence(lambda command: self._send(command, locality))
+
+    def _send(self, command: bytes, locality: int | None) -> bytes:
+        """One command through the virtio device; the caller holds the chip lock."""
         return self.virtio.transmit(command, self.locality if locality is None else locality)
 
     def _power_on(self) -> None:
@@ -138,6 +173,29 @@ class VTpm:
             raise DeviceError(errno.EIO, f"{self.name}: {what} failed with TPM response "
                                          f"code {rc:#x}")
         return response
+
+    # -- /dev/tpm<N>, /dev/tpmrm<N> (tpm-dev.c, tpmrm-dev.c) ----------------------------
+
+    def open_tpm(self, nonblocking: bool = False) -> TpmFile:
+        """``/dev/tpm<N>``: exclusive (EBUSY for a second opener); commands go straight to
+        the TPM."""
+        self.chip.claim()
+        return TpmFile(self.chip.name, self.transmit, nonblocking=nonblocking,
+                       on_close=self.chip.unclaim)
+
+    def open_tpmrm(self, nonblocking: bool = False) -> TpmFile:
+        """``/dev/tpmrm<N>``: any number of openers, each with its own :class:`Space`."""
+        node = f"/dev/{self.rm_device_name}"
+        space = Space(node, self.command_table)
+
+        def execute(command: bytes) -> bytes:
+            return self.exclusive(lambda send: space.execute(command, send))
+
+        def close() -> None:
+            with contextlib.suppress(TpmStateError):  # powered off: it holds no session
+                self.exclusive(space.close)
+
+        return TpmFile(node, execute, nonblocking=nonblocking, flush=close)
 
     # -- sysfs (tpm-sysfs.c, tpm-chip.c) -------------------------------------------------
 
