@@ -28,7 +28,6 @@ from apfs.fuseops import SysfsOperations
 from apfs.host import build_host
 from apfs.kmsg import KernelLogHandler
 from apfs.options import add_mount_options
-from apfs.state import StateStore, config_fingerprint
 
 log = logging.getLogger("apfs")
 
@@ -98,13 +97,10 @@ def serve(args: argparse.Namespace) -> int:
     host = None
     try:
         owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
-        host = build_host(args.config, args.flavor)
+        # The state directory stays open (with its lock) until the process exits.
+        host = build_host(args.config, args.flavor,
+                          None if args.state is None else Path(args.state))
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
-        if args.state is not None:
-            # Held open (with its lock) until the process exits.
-            store = StateStore(Path(args.state), config_fingerprint(host.bus.config))
-            store.open()
-            host.use_store(store)
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal,
                               on_write=host.commit if args.state is not None else None)
         pyfuse3.init(ops, mountpoint, mount_options())

@@ -22,16 +22,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, TypeVar
 
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool, kstrtoul
-from vdev.tpm import commands
+from vdev.sealed import SealError, header_length
+from vdev.tpm import commands, stateblob
 from vdev.tpm.config import DEFAULT_PCR_BANKS, TpmConfig
-from vdev.tpm.engine import Tpm, TpmEngine, check_locality
+from vdev.tpm.engine import FifoLock, Tpm, TpmEngine, TpmState, check_locality
 from vdev.tpm.errors import TpmInUse, TpmLibraryError, TpmStateError
-from vdev.tpm.provision import allocate_pcr_banks
+from vdev.tpm.provision import allocate_pcr_banks, provision_ek_certificate
 from vdev.tpm.virtio import VirtioTpm
 from vdev.tpm.worker import TpmWorker
 
@@ -47,6 +48,10 @@ BOOT_LOCALITY = 0
 locality 0 (Startup is refused from localities 1 and 2, TPM_RC_LOCALITY)."""
 TPM_BAD_LOCALITY = 0x3D
 """The TPM_RESULT libtpms answers when the established flag is reset from locality < 3."""
+
+T = TypeVar("T")
+Persist = Callable[[bytes], None]
+"""Saves a new permanent blob durably before returning, or raises DeviceError (EIO)."""
 
 
 def open_engine() -> TpmEngine:
@@ -82,6 +87,16 @@ class VTpm:
         resetting the established flag); 0 as for an OS."""
         self.pcr_banks: dict[str, PcrBank] = {}
         """``pcr-<bank>`` → bank, as the guest driver found them at probe."""
+        self.persist: Persist | None = None
+        """Set by a host with ``--state``: every new permanent blob goes through it before
+        the response of the call that made it is passed on (:meth:`_durable`)."""
+        self._lock = FifoLock()
+        """Held from an engine call to the save of what it changed, so no response (of
+        any caller) is passed on before the permanent state it implies is durable."""
+        self._boot_state: TpmState | None = None
+        """The permanent state right after :meth:`boot`: what ``apfs/reset`` goes back to."""
+        self._import = bytearray()
+        """The part of a state blob written to ``stateblob`` so far."""
 
     @property
     def name(self) -> str:
@@ -96,13 +111,36 @@ class VTpm:
         """Its resource manager's name (``tpmrm<index>``)."""
         return f"tpmrm{self.index}"
 
-    def boot(self) -> None:
-        """Manufacture (PCR banks of the configuration), power on, Startup(CLEAR), probe.
+    def boot(self, saved: TpmState | None = None) -> None:
+        """Start the TPM as the platform's firmware does, then probe it as the guest's driver.
+
+        Without ``saved``: manufacture (PCR banks of the configuration, the EK certificate),
+        power on, Startup(CLEAR).  With ``saved`` (``--state``): start from it, power on and
+        Startup(STATE), which resumes what a Shutdown(STATE) saved; the TPM refuses it after
+        any other shutdown, and then gets Startup(CLEAR) (PCRs reset), as firmware falls
+        back to a cold boot.  Manufacturing choices apply to a new TPM only.
 
         Raises :class:`~vdev.tpm.errors.TpmError` naming what failed."""
+        with self._lock:
+            try:
+                if saved is not None:
+                    self.engine.set_state(saved)
+                else:
+                    self._manufacture()
+                self._power_on(resume=saved is not None)
+            finally:
+                self._save_permanent()
+            self._boot_state = TpmState(self.engine.get_state().permanent)
+            self._probe()
+
+    def _manufacture(self) -> None:
         if self.config.pcr_banks != DEFAULT_PCR_BANKS:
             allocate_pcr_banks(self.engine, list(self.config.pcr_banks))
-        self._power_on()
+        if self.config.ek_certificate:
+            provision_ek_certificate(self.engine)
+
+    def _probe(self) -> None:
+        """The guest driver's probe: virtio handshake, then the allocated PCR banks."""
         self.virtio.probe()
         response = self._expect("GetCapability(PCRS)",
                                 commands.get_capability(commands.TPM_CAP_PCRS, 0, 1))
@@ -119,16 +157,50 @@ class VTpm:
         Blocks while the TPM computes (seconds for an RSA key): callers on an event loop run
         it in a thread.  Commands of all callers are served one at a time, in arrival order.
         Raises :class:`~vdev.tpm.virtio.VirtioError` for a refused request and
-        :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off."""
-        return self.virtio.transmit(command, self.locality if locality is None else locality)
+        :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off.
 
-    def _power_on(self) -> None:
+        With ``--state`` a command that changed the permanent state (NV, hierarchies,
+        persistent objects) returns only once that state is saved; if saving fails its
+        response is withheld (DeviceError EIO naming the file), though the TPM keeps the
+        change and a later save includes it: acknowledged implies durable."""
+        where = self.locality if locality is None else locality
+        return self._durable(lambda: self.virtio.transmit(command, where))
+
+    # -- durability ----------------------------------------------------------------------
+
+    def _durable(self, call: Callable[[], T]) -> T:
+        """Run ``call`` on the engine, then save the permanent state if it changed, before
+        returning its result; calls of all callers run one at a time, in arrival order."""
+        with self._lock:
+            try:
+                return call()
+            finally:
+                self._save_permanent()
+
+    def _save_permanent(self) -> None:
+        blob = self.engine.take_permanent()
+        if blob is not None and self.persist is not None:
+            self.persist(blob)
+
+    def _power_on(self, resume: bool = False) -> None:
         self.engine.power_on()
-        self._startup()
+        self._startup(resume)
 
-    def _startup(self) -> None:
-        """What the firmware of a booting guest sends first."""
-        self._expect("Startup(CLEAR)", commands.startup(commands.TPM_SU_CLEAR))
+    def _startup(self, resume: bool = False) -> None:
+        """What the firmware of a booting guest sends first: Startup(CLEAR) on a cold boot;
+        on a resume Startup(STATE), or Startup(CLEAR) when the TPM refuses it (no state was
+        saved by a Shutdown(STATE)).  A TPM that resumed from an imported volatile blob is
+        started already (TPM_RC_INITIALIZE): nothing to send."""
+        if resume:
+            rc = commands.response_code(self.engine.execute(
+                commands.startup(commands.TPM_SU_STATE), BOOT_LOCALITY))
+            if rc in (commands.TPM_RC_SUCCESS, commands.TPM_RC_INITIALIZE):
+                return
+        response = self.engine.execute(commands.startup(commands.TPM_SU_CLEAR), BOOT_LOCALITY)
+        rc = commands.response_code(response)
+        if rc not in (commands.TPM_RC_SUCCESS, commands.TPM_RC_INITIALIZE):
+            raise DeviceError(errno.EIO, f"{self.name}: Startup(CLEAR) failed with TPM "
+                                         f"response code {rc:#x}")
 
     def _expect(self, what: str, command: bytes) -> bytes:
         """A boot-time command that must succeed, sent from the boot locality."""
@@ -182,10 +254,7 @@ class VTpm:
         on = kstrtobool(text, name="power")
         if on == self.engine.powered:
             return
-        if on:
-            self._power_on()
-        else:
-            self.engine.power_off()
+        self._durable(self._power_on if on else self.engine.power_off)
 
     @contextlib.contextmanager
     def _powered(self, what: str) -> Iterator[None]:
@@ -202,8 +271,7 @@ class VTpm:
         """``1``: platform reset (_TPM_Init) and the firmware's Startup(CLEAR) again."""
         if kstrtobool(text, name="reset"):
             with self._powered("reset"):
-                self.engine.reset()
-            self._startup()
+                self._durable(lambda: (self.engine.reset(), self._startup()))
 
     def show_locality(self) -> str:
         return f"{self.locality}\n"
@@ -224,7 +292,7 @@ class VTpm:
                                             "start sets the flag; write 0 to reset it")
         try:
             with self._powered("established"):
-                self.engine.reset_established(self.locality)
+                self._durable(lambda: self.engine.reset_established(self.locality))
         except TpmLibraryError as exc:
             if exc.rc != TPM_BAD_LOCALITY:
                 raise
@@ -233,9 +301,122 @@ class VTpm:
                                            f"(echo 3 > locality)") from None
 
     def show_info(self) -> str:
-        """libtpms's version and TPMLIB_GetInfo, with this vTPM's configuration, as JSON."""
+        """libtpms's version and TPMLIB_GetInfo, with this vTPM's configuration and the TPM's
+        fixed properties (GetCapability), as JSON."""
         info = {"name": self.name, "device": self.device_name,
                 "pcr_banks": [bank.bank for bank in self.pcr_banks.values()],
                 "process": "in process" if isinstance(self.engine, Tpm) else "worker",
+                "tpm_properties": self._tpm_properties(),
                 **self.engine.info()}
         return json.dumps(info, indent=1) + "\n"
+
+    def _tpm_properties(self) -> dict[str, object] | str:
+        """What ``tpm2_getcap properties-fixed`` shows of who made the TPM, or why not."""
+        try:
+            response = self.transmit(commands.get_capability(
+                commands.TPM_CAP_TPM_PROPERTIES, commands.TPM_PT_FIXED, commands.PT_FIXED_COUNT))
+            props = commands.parse_tpm_properties(response)
+        except TpmStateError:
+            return "unavailable: the TPM is powered off"
+        except ValueError as exc:
+            return f"unavailable: {exc}"
+        return commands.describe_fixed_properties(props)
+
+    # -- control files of this part: cancel, hash, stateblob; apfs/reset -----------------
+
+    def store_cancel(self, text: str) -> None:
+        """``1``: TPMLIB_CancelCommand: the running command (a key generation) ends early
+        with TPM_RC_CANCELED.  Never waits for the command queue: it must reach the command
+        that holds it.  A cancel with no command running is forgotten, as in libtpms."""
+        if kstrtobool(text, name="cancel"):
+            if not self.engine.powered:
+                raise DeviceError(errno.ENODEV, f"cancel: {self.name} is powered off "
+                                                "(echo 1 > power first)")
+            self.engine.cancel()
+
+    def store_hash_start(self, text: str) -> None:
+        """``1``: _TPM_Hash_Start from locality 4 (sets the TPM-established flag)."""
+        if kstrtobool(text, name="hash_start"):
+            self._hash("hash_start", self.engine.hash_start)
+
+    def write_hash_data(self, _offset: int, data: bytes) -> None:
+        """Each write() is one _TPM_Hash_Data of its bytes (binary, any length)."""
+        self._hash("hash_data", lambda: self.engine.hash_data(data))
+
+    def store_hash_end(self, text: str) -> None:
+        """``1``: _TPM_Hash_End: after Startup, PCR 17 is reset and extended with the
+        sequence's digest (DRTM); before Startup the digest goes to PCR 0 (H-CRTM)."""
+        if kstrtobool(text, name="hash_end"):
+            self._hash("hash_end", self.engine.hash_end)
+
+    def _hash(self, what: str, call: Callable[[], None]) -> None:
+        try:
+            with self._powered(what):
+                self._durable(call)
+        except TpmLibraryError as exc:
+            # libtpms refuses data or an end without a start (TPM_FAIL).
+            raise DeviceError(errno.EINVAL, f"{what}: the TPM refused it ({exc.message}); "
+                                            "a sequence is hash_start, hash_data..., "
+                                            "hash_end") from None
+
+    def read_stateblob(self) -> bytes:
+        """The TPM's state blobs in :mod:`vdev.tpm.stateblob`'s format: the live state
+        (volatile included) while powered, else the stored permanent state."""
+        with self._lock:
+            return stateblob.encode(self.engine.get_state())
+
+    def write_stateblob(self, offset: int, data: bytes) -> None:
+        """Import a blob (``cat blob > stateblob``) into the powered-off TPM, written in
+        one sequential pass: it takes effect at the write() that completes it (the header
+        says its length) and then starts at the next ``echo 1 > power``; a refused blob
+        changes nothing.  With ``--state`` it is saved before that write() returns."""
+        if self.engine.powered:
+            raise DeviceError(errno.EBUSY, f"stateblob: {self.name} is powered on; a state "
+                                           "blob is imported into a powered-off TPM "
+                                           "(echo 0 > power first)")
+        if offset == 0:
+            self._import.clear()
+        elif offset != len(self._import):
+            self._import.clear()
+            raise DeviceError(errno.EINVAL, f"stateblob: write at offset {offset}, not "
+                                            "where the blob so far ends: write it in one "
+                                            "sequential pass from offset 0")
+        self._import += data
+        if len(self._import) > stateblob.MAX_SIZE:
+            self._import.clear()
+            raise DeviceError(errno.EFBIG, f"stateblob: more than {stateblob.MAX_SIZE} bytes")
+        total = header_length(self._import)
+        if total is None and b"\n" not in self._import and len(self._import) < 256:
+            return  # the header line is not complete yet
+        if total is not None and len(self._import) < total:
+            return
+        raw = bytes(self._import)
+        self._import.clear()
+        try:
+            state = stateblob.decode("stateblob", raw)
+        except SealError as exc:
+            raise DeviceError(errno.EINVAL, str(exc)) from None
+        with self._lock:
+            try:
+                self.engine.set_state(state)
+            except TpmLibraryError as exc:
+                raise DeviceError(errno.EINVAL, f"stateblob: libtpms refused the blob: "
+                                                f"{exc.message}") from None
+            if self.persist is not None:
+                self.persist(state.permanent)
+
+    def rewind(self) -> None:
+        """``apfs/reset``: back to the TPM this mount booted (seeds, NV, persistent objects
+        as right after boot; with ``--state``, as loaded), powered on, Startup(CLEAR),
+        locality 0: each test of a mounted fixture starts from the same TPM."""
+        assert self._boot_state is not None, "boot() first"
+        boot_state = self._boot_state
+        with self._lock:
+            try:
+                if self.engine.powered:
+                    self.engine.power_off()
+                self.engine.set_state(boot_state)
+                self._power_on()
+            finally:
+                self._save_permanent()
+        self.locality = 0
