@@ -109,8 +109,12 @@ def build_host(config_path: str | None, flavor: str | None = None,
         store.open()
     try:
         return Host(config, store)
-    except (ValueError, OSError, TpmError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+    except BaseException as exc:
+        if store is not None:
+            store.close()
+        if isinstance(exc, (ValueError, OSError, TpmError)):
+            raise ValueError(f"{where}: {exc}") from None
+        raise
 
 
 class Host:
@@ -140,9 +144,12 @@ class Host:
                 raise
 
     def close(self) -> None:
-        """Power the vTPMs off and end their worker processes; idempotent."""
+        """Power the vTPMs off, end their worker processes, release the state directory;
+        idempotent."""
         for tpm in self.tpms.values():
             tpm.close()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Host:
         return self

@@ -127,6 +127,13 @@ class StateStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def close(self) -> None:
+        """Release the lock and the directory; idempotent (the daemon's exit does it too)."""
+        for fd in (self._lock_fd, self._dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._dir_fd = None
+
     def load(self) -> Any | None:
         """The committed state, or None for a directory that has none yet."""
         raw = self.read_file("state")
