@@ -408,7 +408,8 @@ class VTpm:
     def rewind(self) -> None:
         """``apfs/reset``: back to the TPM this mount booted (seeds, NV, persistent objects
         as right after boot; with ``--state``, as loaded), powered on, Startup(CLEAR),
-        locality 0: each test of a mounted fixture starts from the same TPM."""
+        TPM-established flag clear, locality 0: each test of a mounted fixture starts from
+        the same TPM."""
         assert self._boot_state is not None, "boot() first"
         boot_state = self._boot_state
         with self._lock:
@@ -417,6 +418,9 @@ class VTpm:
                     self.engine.power_off()
                 self.engine.set_state(boot_state)
                 self._power_on()
+                # Clear, as at boot: libtpms keeps the flag in a process global, outside
+                # the state blobs; locality 3 may reset it.
+                self.engine.reset_established(3)
             finally:
                 self._save_permanent()
         self.locality = 0
