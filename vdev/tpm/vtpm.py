@@ -89,7 +89,7 @@ class VTpm:
         """``pcr-<bank>`` → bank, as the guest driver found them at probe."""
         self.persist: Persist | None = None
         """Set by a host with ``--state``: every new permanent blob goes through it before
-        the response of the call that made it is passed on (:meth:`_durable`)."""
+        the response of the call that made it is passed on (:meth:`durable`)."""
         self._lock = FifoLock()
         """Held from an engine call to the save of what it changed, so no response (of
         any caller) is passed on before the permanent state it implies is durable."""
@@ -164,13 +164,16 @@ class VTpm:
         response is withheld (DeviceError EIO naming the file), though the TPM keeps the
         change and a later save includes it: acknowledged implies durable."""
         where = self.locality if locality is None else locality
-        return self._durable(lambda: self.virtio.transmit(command, where))
+        return self.durable(lambda: self.virtio.transmit(command, where))
 
     # -- durability ----------------------------------------------------------------------
 
-    def _durable(self, call: Callable[[], T]) -> T:
+    def durable(self, call: Callable[[], T]) -> T:
         """Run ``call`` on the engine, then save the permanent state if it changed, before
-        returning its result; calls of all callers run one at a time, in arrival order."""
+        returning its result; calls of all callers run one at a time, in arrival order.
+
+        Front ends that drive the engine directly (swtpm's CMD_INIT, CMD_HASH_*, mssim's
+        POWER_ON) wrap the call in this, so what they acknowledge is durable as well."""
         with self._lock:
             try:
                 return call()
@@ -254,7 +257,7 @@ class VTpm:
         on = kstrtobool(text, name="power")
         if on == self.engine.powered:
             return
-        self._durable(self._power_on if on else self.engine.power_off)
+        self.durable(self._power_on if on else self.engine.power_off)
 
     @contextlib.contextmanager
     def _powered(self, what: str) -> Iterator[None]:
@@ -271,7 +274,7 @@ class VTpm:
         """``1``: platform reset (_TPM_Init) and the firmware's Startup(CLEAR) again."""
         if kstrtobool(text, name="reset"):
             with self._powered("reset"):
-                self._durable(lambda: (self.engine.reset(), self._startup()))
+                self.durable(lambda: (self.engine.reset(), self._startup()))
 
     def show_locality(self) -> str:
         return f"{self.locality}\n"
@@ -292,7 +295,7 @@ class VTpm:
                                             "start sets the flag; write 0 to reset it")
         try:
             with self._powered("established"):
-                self._durable(lambda: self.engine.reset_established(self.locality))
+                self.durable(lambda: self.engine.reset_established(self.locality))
         except TpmLibraryError as exc:
             if exc.rc != TPM_BAD_LOCALITY:
                 raise
@@ -352,7 +355,7 @@ class VTpm:
     def _hash(self, what: str, call: Callable[[], None]) -> None:
         try:
             with self._powered(what):
-                self._durable(call)
+                self.durable(call)
         except TpmLibraryError as exc:
             # libtpms refuses data or an end without a start (TPM_FAIL).
             raise DeviceError(errno.EINVAL, f"{what}: the TPM refused it ({exc.message}); "
