@@ -18,8 +18,8 @@ with the virtio bus (drivers/virtio/virtio.c; the driver's name is the seed's mo
 and apfs adds ``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
 ``locality``, ``established``, ``info``, ``cancel``, ``hash_start``, ``hash_data``,
 ``hash_end``, ``stateblob``.  Every file's content is a method of
-:class:`vdev.tpm.vtpm.VTpm` (but the virtio transport's two constants); this module knows
-only names, modes and places.  Directories
+:class:`vdev.tpm.vtpm.VTpm` or its virtio device (but the virtio bus's constant formats);
+this module knows only names, modes and places.  Directories
 take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
 """
 

@@ -15,6 +15,12 @@ allocated PCR banks once (``tpm2_get_pcr_allocation``) and makes one ``pcr-<bank
 directory per bank, fixed until the next probe.  ``echo 1 > power`` and ``echo 1 > reset``
 repeat that boot (Startup included); ``echo 0 > power`` cuts the power, after which the
 guest's driver times out on every command.
+
+Durability: every engine call of a front end or a control goes through :meth:`VTpm.durable`,
+which holds this vTPM's queue from the call until the permanent blob libtpms stored during
+it (if any) has gone through :attr:`VTpm.persist` (``--state``): no response leaves before
+the state it implies is saved.  ``cancel`` alone bypasses the queue (it must reach the
+running command).
 """
 
 from __future__ import annotations
