@@ -405,12 +405,18 @@ class VTpm:
             state = stateblob.decode("stateblob", raw)
         except SealError as exc:
             raise DeviceError(errno.EINVAL, str(exc)) from None
+        try:
+            self.import_state(state)
+        except TpmLibraryError as exc:
+            raise DeviceError(errno.EINVAL, f"stateblob: libtpms refused the blob: "
+                                            f"{exc.message}") from None
+
+    def import_state(self, state: TpmState) -> None:
+        """Give the powered-off TPM ``state`` (libtpms checks it first; a refused blob,
+        TpmLibraryError, changes nothing) and, with ``--state``, save it before returning.
+        For every importer: the ``stateblob`` file, swtpm's CMD_SET_STATEBLOB."""
         with self._lock:
-            try:
-                self.engine.set_state(state)
-            except TpmLibraryError as exc:
-                raise DeviceError(errno.EINVAL, f"stateblob: libtpms refused the blob: "
-                                                f"{exc.message}") from None
+            self.engine.set_state(state)
             if self.persist is not None:
                 self.persist(state.permanent)
 
