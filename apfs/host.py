@@ -41,6 +41,7 @@ from vdev import state as check
 from vdev.ap.bus import AP_MATRIX_FLAVOR, VFIO_AP_FLAVOR, ApBus, BusFlavor
 from vdev.ap.host import DEFAULT_HOST_TOML, HostConfig, parse_toml
 from vdev.ap.matrix import ApMatrix, GuestView, MatrixMdev
+from vdev.ap.mdev import MdevType
 from vdev.ap.vfio_ap import LiveGuest, VfioAp, VfioMdev
 from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
@@ -127,7 +128,7 @@ class Host:
         self.tpms = _boot_tpms(config.tpms, store)
         """Chip name (``tpm0``) → vTPM, in configuration order."""
         self.bus = ApBus(config.host, flavor.bus)
-        self.matrix: Any = flavor.model(self.bus)
+        self.matrix: MdevType = flavor.model(self.bus)
         self.zcrypt = Zcrypt(self.bus)
         self.root = flavor.root
         self.tree = Tree(self.root, self)
@@ -275,7 +276,7 @@ def _bus(host: Host) -> ApBus:
     return host.bus
 
 
-def _matrix(host: Host) -> ApMatrix | VfioAp:
+def _matrix(host: Host) -> MdevType:
     return host.matrix
 
 
@@ -335,7 +336,7 @@ class Flavor:
     """What one flavor of the AP passthrough interface is made of."""
 
     bus: BusFlavor
-    model: type
+    model: type[MdevType]
     """The passthrough model built on the bus (ApMatrix, VfioAp)."""
     root: DirKind
     qemu_device: str

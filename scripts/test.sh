@@ -8,9 +8,19 @@ cd "$ROOT"
 
 bash scripts/setup.sh
 
-# Our mounts have fsname `apfs` (first /proc/mounts field), type `fuse` or `fuse.apfs`.
-apfs_mounts() { grep -E '^apfs [^ ]+ fuse(\.apfs)? ' /proc/mounts || true; }
-mounts_before="$(apfs_mounts)"
+# Everything this run creates lives under one directory of its own (pytest's basetemp and
+# apfs.testing's mount points follow TMPDIR), so the leak check below sees only this run's
+# mounts, even with other runs on the machine at the same time.
+RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/apfs-test.XXXXXX")"
+chmod 755 "$RUN_TMP"  # the tests that run commands as `nobody` must reach their mounts
+export TMPDIR="$RUN_TMP"
+
+# Our mounts have fsname `apfs` (first /proc/mounts field), type `fuse` or `fuse.apfs`;
+# the second field is the mount point (octal escapes for spaces and the like).
+apfs_mounts() {
+    grep -E '^apfs [^ ]+ fuse(\.apfs)? ' /proc/mounts | awk -v dir="$RUN_TMP/" \
+        'index($2, dir) == 1' || true
+}
 
 status=0
 echo "test: ruff check"
@@ -28,11 +38,12 @@ elif ((pytest_status != 0)); then
     status=1
 fi
 
-# Only mounts that appeared during this run count: a developer's own mount is not a leak.
-leaked="$(comm -13 <(sort <<<"$mounts_before") <(apfs_mounts | sort) | sed '/^$/d')"
+leaked="$(apfs_mounts)"
 if [[ -n "$leaked" ]]; then
     printf 'test: error: apfs mounts left behind:\n%s\n' "$leaked" >&2
     status=1
+else
+    rm -rf "$RUN_TMP"
 fi
 
 if ((status == 0)); then

@@ -17,6 +17,7 @@ from typing import Any
 from apfs.ap.attrs import attribute_files
 from apfs.kernfs import DirKind, FileSpec, Path, PathError, Subdirs, directory, wo
 from vdev.ap.bus import Attr
+from vdev.ap.mdev import MdevType
 from vdev.errors import DeviceError
 
 
@@ -27,7 +28,7 @@ class GuestControl:
     the QEMU device name it takes and ``mdev_class`` what a sysfsdev path must resolve to.
     """
 
-    def __init__(self, matrix: Any, resolve: Callable[[Path], tuple[Any, FileSpec | None]],
+    def __init__(self, matrix: MdevType, resolve: Callable[[Path], tuple[Any, FileSpec | None]],
                  device: str, mdev_class: type) -> None:
         self.matrix = matrix
         self._resolve = resolve

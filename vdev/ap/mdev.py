@@ -172,6 +172,10 @@ class MdevType:
         self.mdevs[uuid] = mdev
         return mdev
 
+    def start_guest(self, uuid: str) -> Any:
+        """QEMU opened the mdev ``uuid`` for a guest; returns the guest's view of it."""
+        raise NotImplementedError
+
     def stop_guest(self, uuid: str) -> None:
         raise NotImplementedError
 
