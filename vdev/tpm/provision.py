@@ -10,7 +10,6 @@ import errno
 import struct
 
 from vdev.tpm import commands
-from vdev.tpm.ekcert import ek_certificate
 from vdev.tpm.engine import TpmEngine
 from vdev.tpm.errors import TpmError
 
@@ -54,6 +53,10 @@ def provision_ek_certificate(tpm: TpmEngine) -> None:
     (:mod:`vdev.tpm.ekcert`) and store it in NV index 0x01C00002, write-locked, as
     ``swtpm_setup --create-ek-cert`` does; leaves the TPM powered off.  The EK itself is
     not kept: the same template recreates it from the endorsement seed (tpm2_createek)."""
+    # Imported here: cryptography's X.509 costs ~30 ms of start-up that every apfs command
+    # (the CLI imports the host) would pay for a feature few TPMs are configured with.
+    from vdev.tpm.ekcert import ek_certificate
+
     tpm.power_on()
     try:
         _expect(tpm, "Startup(CLEAR)", commands.startup())
