@@ -32,7 +32,6 @@ from apfs.fuseops import SysfsOperations
 from apfs.host import Host, build_host
 from apfs.kmsg import KernelLogHandler
 from apfs.options import add_mount_options
-from apfs.state import StateStore, config_fingerprint
 from apfs.tpm import frontends
 from apfs.tpm.frontends import FrontEndOptions, FrontEnds
 
@@ -113,13 +112,10 @@ def serve(args: argparse.Namespace) -> int:
     front_ends = None
     try:
         owner_fd = None if args.exit_with is None else _open_owner(args.exit_with)
-        host = build_host(args.config, args.flavor)
+        # The state directory stays open (with its lock) until the process exits.
+        host = build_host(args.config, args.flavor,
+                          None if args.state is None else Path(args.state))
         logging.getLogger("apfs").addHandler(KernelLogHandler(host.kmsg))
-        if args.state is not None:
-            # Held open (with its lock) until the process exits.
-            store = StateStore(Path(args.state), config_fingerprint(host.bus.config))
-            store.open()
-            host.use_store(store)
         front_ends = _start_front_ends(host, args)
         ops = SysfsOperations(host.tree, on_refusal=host.log_refusal,
                               on_write=host.commit if args.state is not None else None)

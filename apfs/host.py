@@ -5,7 +5,8 @@ s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``reset``, ``guests/``,
 ``zcrypt/request``, ``tpm/<name>/``).
 
 Beside the AP bus a host has the vTPMs of its ``[[tpm]]`` tables (:mod:`apfs.tpm.tree`),
-booted at mount and closed by :meth:`Host.close`; their state is not part of ``--state`` yet.
+booted at mount and closed by :meth:`Host.close`; with ``--state`` each keeps its permanent
+state in a file of its own (:mod:`apfs.tpm.persist`).
 
 Two flavors of the same AP bus (:data:`FLAVORS`): the seed's ``ap_matrix`` (2017 RFC) and
 upstream Linux's ``vfio_ap``; each has its bus rules, passthrough model and tree.
@@ -32,7 +33,8 @@ from apfs.ap.attrs import attribute_files
 from apfs.ap.guests import GuestControl, guests_directory
 from apfs.kernfs import DirKind, Snapshot, Subdir, directory, resolve, wo
 from apfs.kmsg import KernelLog
-from apfs.state import StateError, StateStore
+from apfs.state import StateError, StateStore, config_fingerprint
+from apfs.tpm import persist as tpm_persist
 from apfs.tpm import tree as tpm_tree
 from apfs.tree import Tree
 from vdev import state as check
@@ -45,7 +47,7 @@ from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool
 from vdev.tpm.config import TpmConfig, parse_tpm_tables
-from vdev.tpm.errors import TpmError
+from vdev.tpm.errors import TpmError, TpmLibraryError
 from vdev.tpm.libtpms import libtpms
 from vdev.tpm.vtpm import VTpm, open_engine
 
@@ -92,22 +94,38 @@ def load_config(path: str | None, flavor: str | None = None) -> MountConfig:
     return MountConfig(HostConfig.from_document(doc, flavor), tpms)
 
 
-def build_host(config_path: str | None, flavor: str | None = None) -> Host:
-    """Parse the configuration and build the models; every mistake names the file."""
+def build_host(config_path: str | None, flavor: str | None = None,
+               state_dir: Path | None = None) -> Host:
+    """Parse the configuration and build the models, from the state saved in ``state_dir``
+    (``--state``, locked for as long as this process lives) if given.  Every configuration
+    mistake names the file; StateError names the state file and what is wrong with it."""
+    where = config_path or "default configuration"
     try:
-        return Host(load_config(config_path, flavor))
+        config = load_config(config_path, flavor)
     except (ValueError, OSError, TpmError) as exc:
-        raise ValueError(f"{config_path or 'default configuration'}: {exc}") from None
+        raise ValueError(f"{where}: {exc}") from None
+    store = None
+    if state_dir is not None:
+        store = StateStore(state_dir, config_fingerprint(config.host))
+        store.open()
+    try:
+        return Host(config, store)
+    except BaseException as exc:
+        if store is not None:
+            store.close()
+        if isinstance(exc, (ValueError, OSError, TpmError)):
+            raise ValueError(f"{where}: {exc}") from None
+        raise
 
 
 class Host:
     """The models behind one mount and the :class:`Tree` over them; :meth:`close` ends
     its vTPMs (worker processes included)."""
 
-    def __init__(self, config: MountConfig) -> None:
+    def __init__(self, config: MountConfig, store: StateStore | None = None) -> None:
         flavor = FLAVORS[config.host.flavor]
         self.kmsg = KernelLog()
-        self.tpms = _boot_tpms(config.tpms)
+        self.tpms = _boot_tpms(config.tpms, store)
         """Chip name (``tpm0``) → vTPM, in configuration order."""
         self.bus = ApBus(config.host, flavor.bus)
         self.matrix: MdevType = flavor.model(self.bus)
@@ -119,11 +137,20 @@ class Host:
         self._initial = self.export_state()
         self._store: StateStore | None = None
         self._committed: dict[str, Any] = self._initial
+        if store is not None:
+            try:
+                self.use_store(store)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
-        """Power the vTPMs off and end their worker processes; idempotent."""
+        """Power the vTPMs off, end their worker processes, release the state directory;
+        idempotent."""
         for tpm in self.tpms.values():
             tpm.close()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Host:
         return self
@@ -147,9 +174,12 @@ class Host:
 
     def reset(self) -> None:
         """Back to the configured initial state: guests stopped, mdevs removed, bindings,
-        flags and counters as at mount."""
+        flags and counters as at mount; each vTPM back to the state it booted with at this
+        mount (:meth:`VTpm.rewind`)."""
         self.matrix.stop_all_guests()
         self.restore_state(self._initial)
+        for tpm in self.tpms.values():
+            tpm.rewind()
 
     # -- --state ---------------------------------------------------------------------------
 
@@ -212,14 +242,25 @@ class Host:
                     exc.errno_name, os.strerror(exc.errno), exc.message)
 
 
-def _boot_tpms(configs: tuple[TpmConfig, ...]) -> dict[str, VTpm]:
-    """Start and boot each configured vTPM; if one fails, those started are closed."""
+def _boot_tpms(configs: tuple[TpmConfig, ...], store: StateStore | None) -> dict[str, VTpm]:
+    """Start and boot each configured vTPM, from its saved state if ``store`` has one (and
+    then saving every change there); if one fails, those started are closed."""
     tpms: dict[str, VTpm] = {}
     try:
         for index, config in enumerate(configs):
             tpm = VTpm(config, index, open_engine())
             tpms[tpm.device_name] = tpm
-            tpm.boot()
+            saved = None
+            if store is not None:
+                saved = tpm_persist.saved_state(store, config.name)
+                tpm.persist = tpm_persist.persister(store, config.name)
+            try:
+                tpm.boot(saved)
+            except TpmLibraryError as exc:
+                if saved is None or store is None:
+                    raise
+                raise StateError(f"{store.directory / tpm_persist.file_name(config.name)}: "
+                                 f"libtpms refused the saved TPM state: {exc.message}") from None
     except BaseException:
         for tpm in tpms.values():
             tpm.close()
@@ -244,7 +285,8 @@ SYSFS = directory(
     Subdir("bus", directory("bus",
                             bus_tree.bus_dir(_bus),
                             Subdir("ap_matrix", matrix_tree.BUS, _matrix),
-                            Subdir("mdev", matrix_tree.MDEV_BUS, _matrix))),
+                            Subdir("mdev", matrix_tree.MDEV_BUS, _matrix),
+                            Subdir("virtio", tpm_tree.BUS_VIRTIO, _tpms))),
     Subdir("class", directory("class",
                               Subdir("mdev_bus", matrix_tree.MDEV_BUS_CLASS, _matrix),
                               Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
@@ -260,7 +302,8 @@ VFIO_SYSFS = directory(
     Subdir("bus", directory("bus",
                             bus_tree.bus_dir(_bus),
                             Subdir("matrix", vfio_tree.BUS, _matrix),
-                            Subdir("mdev", vfio_tree.MDEV_BUS, _matrix))),
+                            Subdir("mdev", vfio_tree.MDEV_BUS, _matrix),
+                            Subdir("virtio", tpm_tree.BUS_VIRTIO, _tpms))),
     Subdir("class", directory("class",
                               Subdir("mdev_bus", vfio_tree.MDEV_CLASS, _matrix),
                               Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),

@@ -269,6 +269,65 @@ class Snapshot:
         return SnapshotHandle(self.content(obj))
 
 
+# --- binary attributes (sysfs bin_attribute: the kernel's BIN_ATTR) --------------------------
+
+BinRead = Callable[[Any], bytes]
+BinWrite = Callable[[Any, int, bytes], None]
+
+
+class BinaryHandle:
+    """An open binary attribute: ``read(obj)`` is snapshotted at the first read and at every
+    read at offset 0 (one consistent blob for a reader in pieces); each ``write()`` is one
+    ``write(obj, offset, data)`` with the bytes as they are (no NUL cut, no page limit), as
+    the kernel hands a bin_attribute's write its buffer and offset."""
+
+    __slots__ = ("_attr", "_obj", "_snapshot")
+
+    def __init__(self, attr: Binary, obj: Any) -> None:
+        self._attr = attr
+        self._obj = obj
+        self._snapshot: bytes | None = None
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset == 0 or self._snapshot is None:
+            assert self._attr.read is not None
+            self._snapshot = self._attr.read(self._obj)
+        return self._snapshot[offset : offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        if data:
+            assert self._attr.write is not None
+            self._attr.write(self._obj, offset, data)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """A binary attribute; its size shows as 0, as sysfs does for a bin_attribute of no
+    fixed size (readers read to end of file)."""
+
+    name: str
+    mode: int
+    read: BinRead | None = None
+    write: BinWrite | None = None
+    when: When | None = None
+
+    size_varies = False
+    queue = None  # read and written inline: a state blob is memory, not a TPM command
+
+    def size(self, obj: Any) -> int:
+        return 0
+
+    def readable(self) -> bool:
+        return self.read is not None and bool(self.mode & 0o444)
+
+    def writable(self) -> bool:
+        return self.write is not None and bool(self.mode & 0o222)
+
+    def open(self, obj: Any) -> Handle:
+        return BinaryHandle(self, obj)
+
+
 # --- child entries ----------------------------------------------------------------------------
 
 

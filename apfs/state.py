@@ -1,4 +1,4 @@
-"""The files of ``apfs mount --state DIR``: a lock and one state file, atomically replaced.
+"""The files of ``apfs mount --state DIR``: a lock and state files, each atomically replaced.
 
 Owns: the directory layout, the on-disk format and its checks, the lock.  Must not know what
 the state means (the models validate it on restore) or when to save it (:mod:`apfs.host`).
@@ -9,8 +9,16 @@ the state means (the models validate it on restore) or when to save it (:mod:`ap
                ``DIR/state.tmp``, is fsync()ed, renamed over ``state`` and the directory is
                fsync()ed, so after a crash at any instant ``state`` is the old or the new
                state, whole.  A leftover ``state.tmp`` is a commit that never happened.
+``DIR/tpm-<name>``  each vTPM's permanent state (:mod:`vdev.tpm.stateblob`, the bytes its
+               ``stateblob`` control file exports), committed the same way by
+               :meth:`StateStore.commit_file`.  Binary and a few kB (up to ~100 kB with full
+               NV), it gets a file of its own rather than base64 in the JSON document: an NV
+               write then rewrites only that TPM's file (no 33 % base64 growth, no re-export
+               of the AP state), and an AP write never rewrites a TPM blob.  Each device's
+               file is consistent on its own; nothing needs two files to agree.
 
-Format, version 1: one header line, then exactly the number of JSON bytes it announces::
+Format of ``DIR/state``, version 1 (the envelope is :mod:`vdev.sealed`'s): one header line,
+then exactly the number of JSON bytes it announces::
 
     apfs-state 1 <length> <sha256 of the JSON bytes, hex>\\n
     {"config": "<fingerprint of the host configuration>", "state": {...}}
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from vdev.ap.host import HostConfig
+from vdev.sealed import SealError, seal, unseal
 
 MAGIC = b"apfs-state"
 VERSION = 1
@@ -57,34 +66,15 @@ def config_fingerprint(config: HostConfig) -> str:
 def encode(fingerprint: str, state: Any) -> bytes:
     """The file's bytes for ``state`` (plain JSON data)."""
     body = json.dumps({"config": fingerprint, "state": state}, separators=(",", ":")).encode()
-    header = b"%s %d %d %s\n" % (MAGIC, VERSION, len(body),
-                                 hashlib.sha256(body).hexdigest().encode())
-    return header + body
+    return seal(MAGIC, VERSION, body)
 
 
 def decode(path: Path, raw: bytes, fingerprint: str) -> Any:
     """The state saved in ``raw`` (read from ``path``), or StateError saying what is wrong."""
-    header, newline, body = raw.partition(b"\n")
-    fields = header.split(b" ")
-    if not newline or fields[0] != MAGIC:
-        what = "is empty" if not raw else f"does not start with {MAGIC.decode()!r}"
-        if raw.startswith(MAGIC) and not newline:
-            what = "is truncated inside its header line"
-        raise StateError(f"{path}: not an apfs state file: it {what}")
-    if len(fields) != 4 or not fields[2].isdigit():
-        raise StateError(f"{path}: damaged header line {header[:80]!r}")
-    if fields[1] != str(VERSION).encode():
-        raise StateError(f"{path}: format version {fields[1].decode(errors='replace')!r}; "
-                         f"this apfs reads version {VERSION}")
-    length = int(fields[2])
-    if len(body) < length:
-        raise StateError(f"{path}: truncated: {len(body)} of {length} bytes after the header")
-    if len(body) > length:
-        raise StateError(f"{path}: damaged: {len(body) - length} bytes more than the header's "
-                         f"{length}")
-    if hashlib.sha256(body).hexdigest().encode() != fields[3]:
-        raise StateError(f"{path}: corrupted: the SHA-256 of its contents does not match its "
-                         f"header")
+    try:
+        body = unseal(str(path), raw, MAGIC, VERSION, "an apfs state file")
+    except SealError as exc:
+        raise StateError(str(exc)) from None
     try:
         doc = json.loads(body)
         saved_for, state = doc["config"], doc["state"]
@@ -137,36 +127,54 @@ class StateStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def close(self) -> None:
+        """Release the lock and the directory; idempotent (the daemon's exit does it too)."""
+        for fd in (self._lock_fd, self._dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._dir_fd = None
+
     def load(self) -> Any | None:
         """The committed state, or None for a directory that has none yet."""
+        raw = self.read_file("state")
+        return None if raw is None else decode(self.path, raw, self._fingerprint)
+
+    def read_file(self, name: str) -> bytes | None:
+        """The committed bytes of ``DIR/name``, or None if it does not exist."""
         try:
-            fd = os.open("state", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError(f"{self.path}: cannot read: {exc.strerror}") from None
+            raise StateError(f"{self.directory / name}: cannot read: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "rb") as f:
-                raw = f.read()
+                return f.read()
         except OSError as exc:
-            raise StateError(f"{self.path}: cannot read: {exc.strerror}") from None
-        return decode(self.path, raw, self._fingerprint)
+            raise StateError(f"{self.directory / name}: cannot read: {exc.strerror}") from None
 
     def commit(self, state: Any) -> None:
-        """Make ``state`` the committed one, durably, or raise OSError.
+        """Make ``state`` the committed one, durably, or raise OSError."""
+        self.commit_file("state", encode(self._fingerprint, state))
 
-        A failure before the rename leaves the committed state as it was; one after it (the
-        fsync of the directory) leaves the new file in place, not known to be durable.
+    def commit_file(self, name: str, data: bytes) -> None:
+        """Make ``data`` the committed contents of ``DIR/name``, durably, or raise OSError.
+
+        Written to ``DIR/name.tmp``, fsync()ed, renamed over ``DIR/name``, directory
+        fsync()ed.  A failure before the rename leaves the committed file as it was; one
+        after it (the fsync of the directory) leaves the new file in place, not known to be
+        durable.
         """
         assert self._dir_fd is not None, "open() first"
-        data = memoryview(encode(self._fingerprint, state))
-        fd = os.open("state.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+        view = memoryview(data)
+        tmp = f"{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
                      dir_fd=self._dir_fd)
         try:
-            while data:
-                data = data[os.write(fd, data):]
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace("state.tmp", "state", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        os.replace(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         os.fsync(self._dir_fd)

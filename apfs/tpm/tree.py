@@ -8,12 +8,20 @@ A guest kernel shows a TPM 2.0 behind a virtio-mmio transport as::
     sys/class/tpm/tpmN     -> ../../devices/platform/virtio-mmio.N/virtioN/tpm/tpmN
     sys/class/tpmrm/tpmrmN -> ../../devices/platform/virtio-mmio.N/virtioN/tpmrm/tpmrmN
 
-the character devices are ``dev/tpmN`` and ``dev/tpmrmN`` in the mount (regular files that
+with the virtio bus (drivers/virtio/virtio.c; the driver's name is the seed's module,
+``tpm_virtio``)::
+
+    sys/bus/virtio/devices/virtioN -> ../../../devices/platform/virtio-mmio.N/virtioN
+    sys/bus/virtio/drivers/tpm_virtio/virtioN -> ../../../../devices/platform/.../virtioN
+    virtioN/{features,status,modalias}, virtioN/driver -> the driver, virtioN/subsystem
+
+the character devices ``dev/tpmN`` and ``dev/tpmrmN`` in the mount (regular files that
 behave as the devices do, see :class:`apfs.kernfs.Device`), and apfs adds
 ``apfs/tpm/<name>/`` (the ``[[tpm]]`` table's name): ``power``, ``reset``,
-``locality``, ``established``, ``info``.  Every file's content is a method of
-:class:`vdev.tpm.vtpm.VTpm` (but the virtio transport's two constants); this module knows
-only names, modes and places.  Directories
+``locality``, ``established``, ``info``, ``cancel``, ``hash_start``, ``hash_data``,
+``hash_end``, ``stateblob``.  Every file's content is a method of
+:class:`vdev.tpm.vtpm.VTpm` or its virtio device (but the virtio bus's constant formats);
+this module knows only names, modes and places.  Directories
 take a mapping of the host's vTPMs by chip name (``tpm0`` → VTpm).
 """
 
@@ -23,6 +31,7 @@ from collections.abc import Callable, Mapping
 
 from apfs.kernfs import (
     Attr,
+    Binary,
     Device,
     DirKind,
     Link,
@@ -68,10 +77,25 @@ TPM = directory(
 
 TPMRM = directory("tpmrm", ro("dev", VTpm.show_rm_dev), Link("device", virtio_path))
 
+VIRTIO_DRIVER = "tpm_virtio"
+"""The seed driver's name: ``.driver.name = KBUILD_MODNAME`` of ``tpm_virtio.c``."""
+VIRTIO_BUS: Path = ("sys", "bus", "virtio")
+
+
+def _virtio_status(tpm: VTpm) -> str:
+    """virtio.c ``status_show``: the device status byte as ``0x%08x``."""
+    return f"{tpm.virtio.status:#010x}\n"
+
+
 VIRTIO = directory(
     "virtio",
     ro("device", lambda tpm: f"{VIRTIO_ID_TPM:#06x}\n"),
-    ro("vendor", lambda tpm: f"{VIRTIO_MMIO_VENDOR:#010x}\n"),
+    ro("vendor", lambda tpm: f"{VIRTIO_MMIO_VENDOR:#06x}\n"),
+    ro("status", _virtio_status),
+    ro("features", lambda tpm: tpm.virtio.features_text() + "\n"),
+    ro("modalias", lambda tpm: f"virtio:d{VIRTIO_ID_TPM:08X}v{VIRTIO_MMIO_VENDOR:08X}\n"),
+    Link("driver", lambda tpm: (*VIRTIO_BUS, "drivers", VIRTIO_DRIVER)),
+    Link("subsystem", lambda tpm: VIRTIO_BUS),
     Subdir("tpm", directory("tpm", Subdirs(TPM, lambda t: {t.device_name: t}, stable=True))),
     Subdir("tpmrm", directory("tpmrm", Subdirs(TPMRM, lambda t: {t.rm_device_name: t},
                                                 stable=True))),
@@ -92,6 +116,18 @@ CLASS_TPMRM = directory(
     Links(lambda tpms: {t.rm_device_name: t for t in tpms.values()},
           lambda t: (*virtio_path(t), "tpmrm", t.rm_device_name), stable=True))
 
+def _virtio_devices(tpms: dict[str, VTpm]) -> dict[str, VTpm]:
+    return {f"virtio{t.index}": t for t in tpms.values()}
+
+
+BUS_VIRTIO = directory(
+    "virtio",
+    Subdir("devices", directory("devices", Links(_virtio_devices, virtio_path, stable=True))),
+    Subdir("drivers", directory("drivers", Subdir(VIRTIO_DRIVER, directory(
+        VIRTIO_DRIVER, Links(_virtio_devices, virtio_path, stable=True))))),
+)
+"""``sys/bus/virtio``: its devices and the TPM driver bound to each."""
+
 CONTROL = directory(
     "tpm",
     rw("power", VTpm.show_power, VTpm.store_power),
@@ -99,6 +135,12 @@ CONTROL = directory(
     rw("locality", VTpm.show_locality, VTpm.store_locality),
     rw("established", VTpm.show_established, VTpm.store_established),
     ro("info", VTpm.show_info),
+    # This part's controls (cancel, locality-4 measurements, state export/import).
+    wo("cancel", VTpm.store_cancel),
+    wo("hash_start", VTpm.store_hash_start),
+    Binary("hash_data", 0o200, write=VTpm.write_hash_data),
+    wo("hash_end", VTpm.store_hash_end),
+    Binary("stateblob", 0o600, read=VTpm.read_stateblob, write=VTpm.write_stateblob),
 )
 
 CONTROLS = directory("tpm", Subdirs(CONTROL, lambda tpms: {t.name: t for t in tpms.values()},

@@ -31,6 +31,8 @@ SEED_WORKFLOW = REPO / "scripts" / "seed-workflow.sh"
 MATRIX = "sys/devices/ap_matrix/matrix"
 TYPE_DIR = f"{MATRIX}/mdev_supported_types/ap_matrix-passthrough"
 LOG = "apfs/log"
+STATEBLOB = "apfs/tpm/tpm0/stateblob"
+"""Never the same twice: the TPM's clock runs inside its state blob."""
 UNREADABLE = "<EACCES>"
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")
@@ -52,7 +54,7 @@ def _file_entry(mode: int, content: bytes | None) -> str:
     return f"file {mode & 0o7777:04o} {body}"
 
 
-def snapshot(root: Path, exclude: Iterable[str] = (LOG,)) -> Snapshot:
+def snapshot(root: Path, exclude: Iterable[str] = (LOG, STATEBLOB)) -> Snapshot:
     """Everything visible under ``root`` (a mount), without following symlinks."""
     skip = set(exclude)
     out: Snapshot = {}
@@ -82,7 +84,7 @@ def read_or_none(path: str | Path) -> bytes | None:
         return None
 
 
-def model_snapshot(host: Host, exclude: Iterable[str] = (LOG,)) -> Snapshot:
+def model_snapshot(host: Host, exclude: Iterable[str] = (LOG, STATEBLOB)) -> Snapshot:
     """The same view as :func:`snapshot`, read from an in-process host's tree."""
     skip = set(exclude)
     out: Snapshot = {}

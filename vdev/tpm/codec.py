@@ -6,8 +6,9 @@ hand-written tag/length encoder in Python cost ~2 µs per frame on each side, a 
 worker round trip) and both ends are the same interpreter (the parent starts the child with
 its own ``sys.executable``), so its format always matches; it is not meant for untrusted
 peers, and the pipe has none.  A request is the method name then its arguments; a reply is
-``ok`` then the results, or ``err`` then the error's kind, errno, message, function and
-TPM_RESULT.  Nothing here reads or writes a pipe.
+``ok``, the TPM's new permanent blob if the call changed it (else None), then the results; or
+``err``, that blob, then the error's kind, errno, message, function and TPM_RESULT.
+Nothing here reads or writes a pipe.
 """
 
 from __future__ import annotations

@@ -193,12 +193,33 @@ def create_primary(key: str) -> bytes:
     else:
         raise ValueError(f"unknown primary key {key!r} (rsa1024, rsa2048, rsa3072, ecc256)")
     public = struct.pack(">HHIH", alg, HASH_ALGS["sha256"][0], STORAGE_KEY_ATTRIBUTES, 0)
-    public += _AES128_CFB + params
-    body = struct.pack(">I", TPM_RH_OWNER) + _password_auth()
+    return _create_primary(TPM_RH_OWNER, public + _AES128_CFB + params)
+
+
+def _create_primary(hierarchy: int, public: bytes) -> bytes:
+    """CreatePrimary of the TPMT_PUBLIC ``public`` under ``hierarchy`` (empty password)."""
+    body = struct.pack(">I", hierarchy) + _password_auth()
     body += struct.pack(">HHH", 4, 0, 0)  # inSensitive: empty userAuth and data
     body += struct.pack(">H", len(public)) + public
     body += struct.pack(">HI", 0, 0)  # outsideInfo, creationPCR: empty
     return command(TPM_CC_CREATE_PRIMARY, body, tag=TPM_ST_SESSIONS)
+
+
+# The TCG EK Credential Profile's default RSA 2048 EK template (low range, "L-1"): fixedTPM,
+# fixedParent, sensitiveDataOrigin, adminWithPolicy, restricted, decrypt; the policy is
+# PolicySecret(TPM_RH_ENDORSEMENT); unique is 256 zero bytes.
+EK_RSA2048_ATTRIBUTES = 0x000300B2
+EK_POLICY = bytes.fromhex("837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa")
+EK_RSA2048_CERT_INDEX = 0x01C00002
+
+
+def create_ek_rsa2048() -> bytes:
+    """CreatePrimary of the default RSA 2048 EK, as tpm2_createek and swtpm_setup make it."""
+    public = struct.pack(">HHIH", 0x0001, HASH_ALGS["sha256"][0], EK_RSA2048_ATTRIBUTES,
+                         len(EK_POLICY)) + EK_POLICY
+    public += _AES128_CFB + struct.pack(">HHI", _TPM_ALG_NULL, 2048, 0)
+    public += struct.pack(">H", 256) + bytes(256)
+    return _create_primary(TPM_RH_ENDORSEMENT, public)
 
 
 def created_handle(response: bytes) -> int:
@@ -223,3 +244,136 @@ def pcr_extend(pcr: int, digests: dict[str, bytes]) -> bytes:
         values += struct.pack(">H", alg) + digest
     body = struct.pack(">I", pcr) + _password_auth() + bytes(values)
     return command(TPM_CC_PCR_EXTEND, body, tag=TPM_ST_SESSIONS)
+
+
+# -- NV indices and persistent objects (what --state must keep; the EK certificate) --------
+
+TPM_CC_NV_DEFINE_SPACE = 0x12A
+TPM_CC_NV_WRITE = 0x137
+TPM_CC_NV_WRITE_LOCK = 0x138
+TPM_CC_NV_READ = 0x14E
+TPM_CC_EVICT_CONTROL = 0x120
+TPM_CC_READ_PUBLIC = 0x173
+TPM_RH_ENDORSEMENT = 0x4000000B
+
+# TPMA_NV bits (TPM 2.0 Part 2 §13.4).
+TPMA_NV_PPWRITE = 1 << 0
+TPMA_NV_OWNERWRITE = 1 << 1
+TPMA_NV_AUTHWRITE = 1 << 2
+TPMA_NV_WRITEDEFINE = 1 << 13
+TPMA_NV_PPREAD = 1 << 16
+TPMA_NV_OWNERREAD = 1 << 17
+TPMA_NV_AUTHREAD = 1 << 18
+TPMA_NV_NO_DA = 1 << 25
+TPMA_NV_PLATFORMCREATE = 1 << 30
+NV_ORDINARY_OWNER = (TPMA_NV_OWNERWRITE | TPMA_NV_AUTHWRITE | TPMA_NV_OWNERREAD
+                     | TPMA_NV_AUTHREAD | TPMA_NV_NO_DA)
+"""An ordinary index as ``tpm2_nvdefine`` makes it (owner and index auth, no DA)."""
+
+
+def _authorized(code: int, handles: list[int], parameters: bytes) -> bytes:
+    """A command with ``handles``, one empty-password session, then ``parameters``."""
+    body = b"".join(struct.pack(">I", h) for h in handles) + _password_auth() + parameters
+    return command(code, body, tag=TPM_ST_SESSIONS)
+
+
+def nv_define_space(auth: int, index: int, size: int, attributes: int) -> bytes:
+    """NV_DefineSpace by hierarchy ``auth``: an index with an empty authValue and policy."""
+    public = struct.pack(">IHIHH", index, HASH_ALGS["sha256"][0], attributes, 0, size)
+    return _authorized(TPM_CC_NV_DEFINE_SPACE, [auth],
+                       struct.pack(">H", 0) + struct.pack(">H", len(public)) + public)
+
+
+def nv_write(auth: int, index: int, data: bytes, offset: int = 0) -> bytes:
+    return _authorized(TPM_CC_NV_WRITE, [auth, index],
+                       struct.pack(">H", len(data)) + data + struct.pack(">H", offset))
+
+
+def nv_write_lock(auth: int, index: int) -> bytes:
+    return _authorized(TPM_CC_NV_WRITE_LOCK, [auth, index], b"")
+
+
+def nv_read(auth: int, index: int, size: int, offset: int = 0) -> bytes:
+    return _authorized(TPM_CC_NV_READ, [auth, index], struct.pack(">HH", size, offset))
+
+
+def parse_nv_read(response: bytes) -> bytes:
+    """The data of a successful NV_Read response."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"NV_Read failed with TPM response code {rc:#x}")
+    (size,) = struct.unpack_from(">H", response, HEADER_SIZE + 4)  # after parameterSize
+    return response[HEADER_SIZE + 6:HEADER_SIZE + 6 + size]
+
+
+def evict_control(auth: int, object_handle: int, persistent: int) -> bytes:
+    """EvictControl: make a loaded object persistent at ``persistent`` (or evict it)."""
+    return _authorized(TPM_CC_EVICT_CONTROL, [auth, object_handle],
+                       struct.pack(">I", persistent))
+
+
+def read_public(handle: int) -> bytes:
+    return command(TPM_CC_READ_PUBLIC, struct.pack(">I", handle))
+
+
+def public_area(response: bytes, offset: int) -> bytes:
+    """The TPMT_PUBLIC inside the TPM2B_PUBLIC at ``offset`` of a response."""
+    (size,) = struct.unpack_from(">H", response, offset)
+    return response[offset + 2:offset + 2 + size]
+
+
+def rsa_modulus(public: bytes) -> bytes:
+    """The ``unique`` (modulus) of an RSA TPMT_PUBLIC (type, nameAlg, attributes, policy,
+    TPMS_RSA_PARMS)."""
+    (policy_size,) = struct.unpack_from(">H", public, 8)
+    offset = 10 + policy_size
+    (symmetric,) = struct.unpack_from(">H", public, offset)
+    offset += 2 if symmetric == _TPM_ALG_NULL else 6
+    (scheme,) = struct.unpack_from(">H", public, offset)
+    offset += 2 if scheme == _TPM_ALG_NULL else 4
+    offset += 2 + 4  # keyBits, exponent
+    (size,) = struct.unpack_from(">H", public, offset)
+    return public[offset + 2:offset + 2 + size]
+
+
+# -- TPM properties (info) -----------------------------------------------------------------
+
+PT_FIXED_COUNT = 0x80
+TPM_PT_MANUFACTURER = 0x105
+TPM_PT_VENDOR_STRING_1 = 0x106
+TPM_PT_FIRMWARE_VERSION_1 = 0x10B
+TPM_PT_FIRMWARE_VERSION_2 = 0x10C
+
+
+def parse_tpm_properties(response: bytes) -> dict[int, int]:
+    """property → value of a successful GetCapability(TPM_PROPERTIES) response."""
+    rc = response_code(response)
+    if rc != TPM_RC_SUCCESS:
+        raise ValueError(f"GetCapability(TPM_PROPERTIES) failed with TPM response code "
+                         f"{rc:#x}")
+    offset = HEADER_SIZE + 1 + 4  # moreData, capability
+    (count,) = struct.unpack_from(">I", response, offset)
+    pairs = struct.unpack_from(f">{2 * count}I", response, offset + 4)
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def _chars(value: int) -> str:
+    """A property holding up to 4 ASCII characters (manufacturer, vendor strings)."""
+    return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace")
+
+
+def describe_fixed_properties(props: dict[int, int]) -> dict[str, object]:
+    """Who made the TPM, as tpm2_getcap properties-fixed shows it."""
+    return {
+        "family": _chars(props.get(0x100, 0)),
+        "level": props.get(0x101),
+        "revision": props.get(0x102, 0) / 100,
+        "day_of_year": props.get(0x103),
+        "year": props.get(0x104),
+        "manufacturer": _chars(props.get(TPM_PT_MANUFACTURER, 0)),
+        "vendor_string": "".join(_chars(props.get(TPM_PT_VENDOR_STRING_1 + i, 0))
+                                 for i in range(4)),
+        "vendor_tpm_type": props.get(0x10A),
+        "firmware_version": f"{props.get(TPM_PT_FIRMWARE_VERSION_1, 0):#010x}."
+                            f"{props.get(TPM_PT_FIRMWARE_VERSION_2, 0):#010x}",
+    }

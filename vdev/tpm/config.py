@@ -15,9 +15,10 @@ Format::
     # ek_certificate = false           # true: provision an EK and its certificate in NV
     # profile = "default-v1"           # libtpms >= 0.10 only; refused when unsupported
 
-``pcr_banks`` and ``ek_certificate`` are what the TPM is manufactured with:
-:func:`vdev.tpm.provision.allocate_pcr_banks` applies the banks; EK creation and its
-certificate are not done yet.
+``pcr_banks`` and ``ek_certificate`` are what the TPM is manufactured with
+(:mod:`vdev.tpm.provision`: the banks, then the RSA 2048 EK's certificate in NV index
+0x01C00002); a TPM started from saved state (``--state``, an imported ``stateblob``) keeps
+what it was manufactured with.
 """
 
 from __future__ import annotations

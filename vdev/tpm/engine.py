@@ -62,6 +62,7 @@ class TpmEngine(Protocol):
     def reset_established(self, locality: int) -> None: ...
     def get_state(self) -> TpmState: ...
     def set_state(self, state: TpmState) -> None: ...
+    def take_permanent(self) -> bytes | None: ...
     def info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -131,6 +132,7 @@ class Tpm:
         self._lock = FifoLock()
         self._powered = False
         self._lib.blobs.clear()
+        self._stores_taken = self._lib.permanent_stores
         try:
             # libtpms keeps the TPM-established flag in a global that outlives the previous
             # TPM of this process; a new TPM starts with it clear, as a new swtpm process
@@ -283,6 +285,19 @@ class Tpm:
             self._lib.blobs[lt.BLOB_PERMANENT] = state.permanent
             if state.volatile:
                 self._lib.blobs[lt.BLOB_VOLATILE] = state.volatile
+
+    def take_permanent(self) -> bytes | None:
+        """The permanent blob if libtpms stored a new one since the last call, else None.
+
+        libtpms stores ``permall`` during the command (or signal, or power-on) that changed
+        it, so a caller that takes it right after that call and saves it before passing the
+        response on acknowledges only what is durable (:meth:`vdev.tpm.vtpm.VTpm.transmit`).
+        """
+        with self._lock:
+            if self._lib.permanent_stores == self._stores_taken:
+                return None
+            self._stores_taken = self._lib.permanent_stores
+            return self._lib.blobs.get(lt.BLOB_PERMANENT)
 
     def _forget_cached_state(self) -> None:
         """libtpms keeps a copy of every blob TPMLIB_SetState accepted for the next MainInit;

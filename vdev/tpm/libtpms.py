@@ -111,6 +111,9 @@ class Libtpms:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
         self.blobs: dict[str, bytes] = {}
+        self.permanent_stores = 0
+        """How many times libtpms stored ``permall`` (it does so inside the command that
+        changed the permanent state): how :meth:`Tpm.take_permanent` knows it moved."""
         self.locality = 0
         self._new_response_buffer()
         # The CFUNCTYPE objects must outlive the registration: libtpms keeps the pointers.
@@ -141,7 +144,10 @@ class Libtpms:
         return TPM_SUCCESS
 
     def _store(self, data: Any, length: int, _tpm_number: int, name: bytes) -> int:
-        self.blobs[name.decode("ascii", "replace")] = ctypes.string_at(data, length)
+        key = name.decode("ascii", "replace")
+        self.blobs[key] = ctypes.string_at(data, length)
+        if key == BLOB_PERMANENT:
+            self.permanent_stores += 1
         return TPM_SUCCESS
 
     def _delete(self, _tpm_number: int, name: bytes, must_exist: int) -> int:

@@ -193,7 +193,7 @@ class CommandPort(_Port):
             TPM_SIGNAL_HASH_END: engine.hash_end,
         }.get(code) or (lambda: engine.hash_data(data))
         try:
-            signal()
+            self.tpm.durable(signal)
         except TpmError as exc:
             return Reply(ACK, log=f"mssim command port: hash signal {code}: {exc.message}")
         return Reply(ACK)
@@ -229,7 +229,10 @@ class PlatformPort(_Port):
         if action is None:
             return Reply(U32.pack(1), close=f"mssim platform port: unknown signal {code:#x}")
         try:
-            note = action(self.tpm)
+            # Cancel must reach the running command; the others wait their turn and are
+            # durable before they are acknowledged.
+            note = (action(self.tpm) if code in _NOT_QUEUED
+                    else self.tpm.durable(lambda: action(self.tpm)))
         except TpmError as exc:
             note = exc.message
         if note:
@@ -286,3 +289,5 @@ _PLATFORM_SIGNALS: dict[int, Callable[[VTpm], str | None]] = {
     TPM_TEST_FAILURE_MODE: _failure_mode,
 }
 """Platform signal → what it does to the TPM (a note for the log when it cannot)."""
+_NOT_QUEUED = frozenset({TPM_SIGNAL_CANCEL_ON})
+"""Signals that must not wait behind the running command (the one they cancel)."""

@@ -1,7 +1,7 @@
 """Manufacturing choices applied to a fresh TPM, as swtpm_setup does for swtpm.
 
-Owns: :func:`allocate_pcr_banks` (a ``[[tpm]]`` table's ``pcr_banks``).  EK creation and its
-certificate (``ek_certificate``) are not done yet.
+Owns: :func:`allocate_pcr_banks` (a ``[[tpm]]`` table's ``pcr_banks``) and
+:func:`provision_ek_certificate` (``ek_certificate``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,46 @@ def allocate_pcr_banks(tpm: TpmEngine, banks: list[str]) -> None:
             raise TpmError(errno.ENOSPC,
                            f"PCR_Allocate({', '.join(banks)}): the TPM needs {needed} bytes "
                            f"of PCR memory and has {available}")
+        _expect(tpm, "Shutdown(CLEAR)", commands.shutdown())
+    finally:
+        tpm.power_off()
+
+
+NV_CHUNK = 1024
+"""Bytes per NV_Write: libtpms's MAX_NV_BUFFER_SIZE (TPM_PT_NV_BUFFER_MAX)."""
+EK_CERT_NV_ATTRIBUTES = (
+    commands.TPMA_NV_PLATFORMCREATE | commands.TPMA_NV_AUTHREAD | commands.TPMA_NV_OWNERREAD
+    | commands.TPMA_NV_PPREAD | commands.TPMA_NV_PPWRITE | commands.TPMA_NV_NO_DA
+    | commands.TPMA_NV_WRITEDEFINE)
+"""swtpm_setup's EK certificate index: platform-created, readable by owner and with the
+index's empty auth, written once by the platform and then locked."""
+
+
+def provision_ek_certificate(tpm: TpmEngine) -> None:
+    """On a powered-off new TPM: create the default RSA 2048 EK, issue its certificate
+    (:mod:`vdev.tpm.ekcert`) and store it in NV index 0x01C00002, write-locked, as
+    ``swtpm_setup --create-ek-cert`` does; leaves the TPM powered off.  The EK itself is
+    not kept: the same template recreates it from the endorsement seed (tpm2_createek)."""
+    # Imported here: cryptography's X.509 costs ~30 ms of start-up that every apfs command
+    # (the CLI imports the host) would pay for a feature few TPMs are configured with.
+    from vdev.tpm.ekcert import ek_certificate
+
+    tpm.power_on()
+    try:
+        _expect(tpm, "Startup(CLEAR)", commands.startup())
+        response = _expect(tpm, "CreatePrimary(EK RSA 2048)", commands.create_ek_rsa2048())
+        handle = commands.created_handle(response)
+        public = commands.public_area(response, commands.HEADER_SIZE + 8)
+        _expect(tpm, "FlushContext(EK)", commands.flush_context(handle))
+        der = ek_certificate(commands.rsa_modulus(public))
+        index = commands.EK_RSA2048_CERT_INDEX
+        platform = commands.TPM_RH_PLATFORM
+        _expect(tpm, f"NV_DefineSpace({index:#x})",
+                commands.nv_define_space(platform, index, len(der), EK_CERT_NV_ATTRIBUTES))
+        for offset in range(0, len(der), NV_CHUNK):
+            _expect(tpm, f"NV_Write({index:#x})",
+                    commands.nv_write(platform, index, der[offset:offset + NV_CHUNK], offset))
+        _expect(tpm, f"NV_WriteLock({index:#x})", commands.nv_write_lock(platform, index))
         _expect(tpm, "Shutdown(CLEAR)", commands.shutdown())
     finally:
         tpm.power_off()

@@ -230,6 +230,10 @@ _NEEDS_RUNNING = frozenset({CMD_GET_TPMESTABLISHED, CMD_RESET_TPMESTABLISHED, CM
                             CMD_STORE_VOLATILE, CMD_GET_STATEBLOB})
 # The shortest payload of each request (ctrlchannel.c's ``n < sizeof(...)`` checks).
 _MIN_PAYLOAD = {**_FIXED_PART, CMD_SET_BUFFERSIZE: 4, CMD_GET_INFO: 16}
+# Requests that do not wait in the TPM's queue: a cancel must reach the running command;
+# SET_STATEBLOB imports through VTpm.import_state, which queues and saves by itself; the
+# capability bits are constants.
+_NOT_QUEUED = frozenset({CMD_CANCEL_TPM_CMD, CMD_SET_STATEBLOB, CMD_GET_CAPABILITY})
 # Requests that take no payload: anything after the command is TPM_BAD_PARAMETER.
 _NO_PAYLOAD = frozenset({CMD_STOP, CMD_SHUTDOWN, CMD_GET_TPMESTABLISHED, CMD_HASH_START,
                          CMD_HASH_END, CMD_CANCEL_TPM_CMD, CMD_STORE_VOLATILE,
@@ -298,7 +302,11 @@ class Swtpm:
             return _result(TPM_BAD_PARAMETER, f"swtpm control {name}: takes no payload, got "
                                               f"{len(body)} bytes")
         try:
-            return handler(self, body)
+            if code in _NOT_QUEUED:
+                return handler(self, body)
+            # What a control command changes is durable before its result goes out, and it
+            # waits for the TPM's running command like every other caller.
+            return self.tpm.durable(lambda: handler(self, body))
         except TpmError as exc:
             return _result(_tpm_result(exc), f"swtpm control {name}: {exc.message}")
 
@@ -420,11 +428,10 @@ class Swtpm:
             return _result(TPM_SUCCESS)
         # Applied now, so libtpms checks it now; QEMU sends the permanent blob first, then
         # the volatile one that belongs to it.
-        engine = self.tpm.engine
         if blob_type == BLOB_PERMANENT:
-            engine.set_state(TpmState(data))
+            self.tpm.import_state(TpmState(data))
         else:
-            engine.set_state(TpmState(engine.get_state().permanent, data))
+            self.tpm.import_state(TpmState(self.tpm.engine.get_state().permanent, data))
         return _result(TPM_SUCCESS)
 
     def _get_config(self, body: bytes) -> ControlReply:

@@ -15,6 +15,12 @@ allocated PCR banks once (``tpm2_get_pcr_allocation``) and makes one ``pcr-<bank
 directory per bank, fixed until the next probe.  ``echo 1 > power`` and ``echo 1 > reset``
 repeat that boot (Startup included); ``echo 0 > power`` cuts the power, after which the
 guest's driver times out on every command.
+
+Durability: every engine call of a front end or a control goes through :meth:`VTpm.durable`,
+which holds this vTPM's queue from the call until the permanent blob libtpms stored during
+it (if any) has gone through :attr:`VTpm.persist` (``--state``): no response leaves before
+the state it implies is saved.  ``cancel`` alone bypasses the queue (it must reach the
+running command).
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from typing import NamedTuple, TypeVar
 
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool, kstrtoul
-from vdev.tpm import commands
+from vdev.sealed import SealError, header_length
+from vdev.tpm import commands, stateblob
 from vdev.tpm.chardev import TpmChip, TpmFile
 from vdev.tpm.config import DEFAULT_PCR_BANKS, TpmConfig
-from vdev.tpm.engine import FifoLock, Tpm, TpmEngine, check_locality
+from vdev.tpm.engine import FifoLock, Tpm, TpmEngine, TpmState, check_locality
 from vdev.tpm.errors import TpmInUse, TpmLibraryError, TpmStateError
-from vdev.tpm.provision import allocate_pcr_banks
+from vdev.tpm.provision import allocate_pcr_banks, provision_ek_certificate
 from vdev.tpm.space import TPM_PT_TOTAL_COMMANDS, CommandTable, Space
 from vdev.tpm.virtio import VirtioTpm
 from vdev.tpm.worker import TpmWorker
@@ -50,8 +57,10 @@ locality 0 (Startup is refused from localities 1 and 2, TPM_RC_LOCALITY)."""
 TPM_BAD_LOCALITY = 0x3D
 """The TPM_RESULT libtpms answers when the established flag is reset from locality < 3."""
 
-_T = TypeVar("_T")
+T = TypeVar("T")
 Send = Callable[[bytes], bytes]
+Persist = Callable[[bytes], None]
+"""Saves a new permanent blob durably before returning, or raises DeviceError (EIO)."""
 
 
 def open_engine() -> TpmEngine:
@@ -90,9 +99,18 @@ class VTpm:
         self.command_table = CommandTable({})
         """TPMA_CC of the commands the TPM listed at probe (what ``tpmrm`` accepts)."""
         self.chip = TpmChip(f"/dev/{self.device_name}")
-        self._chip_lock = FifoLock()
+        self.persist: Persist | None = None
+        """Set by a host with ``--state``: every new permanent blob goes through it before
+        the response of the call that made it is passed on (:meth:`durable`)."""
+        self._lock = FifoLock()
         """The kernel's ``tpm_mutex``: one command, or one resource-manager sequence, at a
-        time, in arrival order (:meth:`transmit`, :meth:`exclusive`)."""
+        time, in arrival order; held from an engine call to the save of what it changed, so
+        no response (of any caller) is passed on before the permanent state it implies is
+        durable (:meth:`durable`, :meth:`transmit`, :meth:`exclusive`)."""
+        self._boot_state: TpmState | None = None
+        """The permanent state right after :meth:`boot`: what ``apfs/reset`` goes back to."""
+        self._import = bytearray()
+        """The part of a state blob written to ``stateblob`` so far."""
 
     @property
     def name(self) -> str:
@@ -107,13 +125,36 @@ class VTpm:
         """Its resource manager's name (``tpmrm<index>``)."""
         return f"tpmrm{self.index}"
 
-    def boot(self) -> None:
-        """Manufacture (PCR banks of the configuration), power on, Startup(CLEAR), probe.
+    def boot(self, saved: TpmState | None = None) -> None:
+        """Start the TPM as the platform's firmware does, then probe it as the guest's driver.
+
+        Without ``saved``: manufacture (PCR banks of the configuration, the EK certificate),
+        power on, Startup(CLEAR).  With ``saved`` (``--state``): start from it, power on and
+        Startup(STATE), which resumes what a Shutdown(STATE) saved; the TPM refuses it after
+        any other shutdown, and then gets Startup(CLEAR) (PCRs reset), as firmware falls
+        back to a cold boot.  Manufacturing choices apply to a new TPM only.
 
         Raises :class:`~vdev.tpm.errors.TpmError` naming what failed."""
+        with self._lock:
+            try:
+                if saved is not None:
+                    self.engine.set_state(saved)
+                else:
+                    self._manufacture()
+                self._power_on(resume=saved is not None)
+            finally:
+                self._save_permanent()
+            self._boot_state = TpmState(self.engine.get_state().permanent)
+            self._probe()
+
+    def _manufacture(self) -> None:
         if self.config.pcr_banks != DEFAULT_PCR_BANKS:
             allocate_pcr_banks(self.engine, list(self.config.pcr_banks))
-        self._power_on()
+        if self.config.ek_certificate:
+            provision_ek_certificate(self.engine)
+
+    def _probe(self) -> None:
+        """The guest driver's probe: virtio handshake, then the allocated PCR banks."""
         self.virtio.probe()
         response = self._expect("GetCapability(PCRS)",
                                 commands.get_capability(commands.TPM_CAP_PCRS, 0, 1))
@@ -135,35 +176,70 @@ class VTpm:
         Blocks while the TPM computes (seconds for an RSA key): callers on an event loop run
         it in a thread.  Commands of all callers are served one at a time, in arrival order.
         Raises :class:`~vdev.tpm.virtio.VirtioError` for a refused request and
-        :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off."""
-        with self._chip_lock:
-            return self._send(command, locality)
+        :class:`~vdev.tpm.errors.TpmStateError` while the TPM is powered off.
+
+        With ``--state`` a command that changed the permanent state (NV, hierarchies,
+        persistent objects) returns only once that state is saved; if saving fails its
+        response is withheld (DeviceError EIO naming the file), though the TPM keeps the
+        change and a later save includes it: acknowledged implies durable."""
+        return self.durable(lambda: self._send(command, locality))
 
     @property
     def busy(self) -> bool:
         """A command or a sequence is running or waiting: :meth:`transmit` would wait."""
-        return self._chip_lock.busy
+        return self._lock.busy
 
-    def exclusive(self, sequence: Callable[[Send], _T], locality: int | None = None) -> _T:
+    def exclusive(self, sequence: Callable[[Send], T], locality: int | None = None) -> T:
         """Run ``sequence(send)`` while no other command of any front end runs: ``send``
         transmits one command as :meth:`transmit` does.  For the resource manager's
         load-execute-save sequence, which another opener must never see half-done (the
         kernel holds ``tpm_mutex`` across it).  Waits its turn in arrival order, like
-        :meth:`transmit`; ``send`` must not be used after ``sequence`` returns."""
-        with self._chip_lock:
-            return sequence(lambda command: self._send(command, locality))
+        :meth:`transmit`, and is durable like it; ``send`` must not be used after
+        ``sequence`` returns."""
+        return self.durable(lambda: sequence(lambda command: self._send(command, locality)))
 
     def _send(self, command: bytes, locality: int | None) -> bytes:
-        """One command through the virtio device; the caller holds the chip lock."""
+        """One command through the virtio device; the caller holds the lock."""
         return self.virtio.transmit(command, self.locality if locality is None else locality)
 
-    def _power_on(self) -> None:
-        self.engine.power_on()
-        self._startup()
+    # -- durability ----------------------------------------------------------------------
 
-    def _startup(self) -> None:
-        """What the firmware of a booting guest sends first."""
-        self._expect("Startup(CLEAR)", commands.startup(commands.TPM_SU_CLEAR))
+    def durable(self, call: Callable[[], T]) -> T:
+        """Run ``call`` on the engine, then save the permanent state if it changed, before
+        returning its result; calls of all callers run one at a time, in arrival order.
+
+        Front ends that drive the engine directly (swtpm's CMD_INIT, CMD_HASH_*, mssim's
+        POWER_ON) wrap the call in this, so what they acknowledge is durable as well."""
+        with self._lock:
+            try:
+                return call()
+            finally:
+                self._save_permanent()
+
+    def _save_permanent(self) -> None:
+        blob = self.engine.take_permanent()
+        if blob is not None and self.persist is not None:
+            self.persist(blob)
+
+    def _power_on(self, resume: bool = False) -> None:
+        self.engine.power_on()
+        self._startup(resume)
+
+    def _startup(self, resume: bool = False) -> None:
+        """What the firmware of a booting guest sends first: Startup(CLEAR) on a cold boot;
+        on a resume Startup(STATE), or Startup(CLEAR) when the TPM refuses it (no state was
+        saved by a Shutdown(STATE)).  A TPM that resumed from an imported volatile blob is
+        started already (TPM_RC_INITIALIZE): nothing to send."""
+        if resume:
+            rc = commands.response_code(self.engine.execute(
+                commands.startup(commands.TPM_SU_STATE), BOOT_LOCALITY))
+            if rc in (commands.TPM_RC_SUCCESS, commands.TPM_RC_INITIALIZE):
+                return
+        response = self.engine.execute(commands.startup(commands.TPM_SU_CLEAR), BOOT_LOCALITY)
+        rc = commands.response_code(response)
+        if rc not in (commands.TPM_RC_SUCCESS, commands.TPM_RC_INITIALIZE):
+            raise DeviceError(errno.EIO, f"{self.name}: Startup(CLEAR) failed with TPM "
+                                         f"response code {rc:#x}")
 
     def _expect(self, what: str, command: bytes) -> bytes:
         """A boot-time command that must succeed, sent from the boot locality."""
@@ -240,10 +316,7 @@ class VTpm:
         on = kstrtobool(text, name="power")
         if on == self.engine.powered:
             return
-        if on:
-            self._power_on()
-        else:
-            self.engine.power_off()
+        self.durable(self._power_on if on else self.engine.power_off)
 
     @contextlib.contextmanager
     def _powered(self, what: str) -> Iterator[None]:
@@ -260,8 +333,7 @@ class VTpm:
         """``1``: platform reset (_TPM_Init) and the firmware's Startup(CLEAR) again."""
         if kstrtobool(text, name="reset"):
             with self._powered("reset"):
-                self.engine.reset()
-            self._startup()
+                self.durable(lambda: (self.engine.reset(), self._startup()))
 
     def show_locality(self) -> str:
         return f"{self.locality}\n"
@@ -282,7 +354,7 @@ class VTpm:
                                             "start sets the flag; write 0 to reset it")
         try:
             with self._powered("established"):
-                self.engine.reset_established(self.locality)
+                self.durable(lambda: self.engine.reset_established(self.locality))
         except TpmLibraryError as exc:
             if exc.rc != TPM_BAD_LOCALITY:
                 raise
@@ -291,9 +363,132 @@ class VTpm:
                                            f"(echo 3 > locality)") from None
 
     def show_info(self) -> str:
-        """libtpms's version and TPMLIB_GetInfo, with this vTPM's configuration, as JSON."""
+        """libtpms's version and TPMLIB_GetInfo, with this vTPM's configuration and the TPM's
+        fixed properties (GetCapability), as JSON."""
         info = {"name": self.name, "device": self.device_name,
                 "pcr_banks": [bank.bank for bank in self.pcr_banks.values()],
                 "process": "in process" if isinstance(self.engine, Tpm) else "worker",
+                "tpm_properties": self._tpm_properties(),
                 **self.engine.info()}
         return json.dumps(info, indent=1) + "\n"
+
+    def _tpm_properties(self) -> dict[str, object] | str:
+        """What ``tpm2_getcap properties-fixed`` shows of who made the TPM, or why not."""
+        try:
+            response = self.transmit(commands.get_capability(
+                commands.TPM_CAP_TPM_PROPERTIES, commands.TPM_PT_FIXED, commands.PT_FIXED_COUNT))
+            props = commands.parse_tpm_properties(response)
+        except TpmStateError:
+            return "unavailable: the TPM is powered off"
+        except ValueError as exc:
+            return f"unavailable: {exc}"
+        return commands.describe_fixed_properties(props)
+
+    # -- control files of this part: cancel, hash, stateblob; apfs/reset -----------------
+
+    def store_cancel(self, text: str) -> None:
+        """``1``: TPMLIB_CancelCommand: the running command (a key generation) ends early
+        with TPM_RC_CANCELED.  Never waits for the command queue: it must reach the command
+        that holds it.  A cancel with no command running is forgotten, as in libtpms."""
+        if kstrtobool(text, name="cancel"):
+            if not self.engine.powered:
+                raise DeviceError(errno.ENODEV, f"cancel: {self.name} is powered off "
+                                                "(echo 1 > power first)")
+            self.engine.cancel()
+
+    def store_hash_start(self, text: str) -> None:
+        """``1``: _TPM_Hash_Start from locality 4 (sets the TPM-established flag)."""
+        if kstrtobool(text, name="hash_start"):
+            self._hash("hash_start", self.engine.hash_start)
+
+    def write_hash_data(self, _offset: int, data: bytes) -> None:
+        """Each write() is one _TPM_Hash_Data of its bytes (binary, any length)."""
+        self._hash("hash_data", lambda: self.engine.hash_data(data))
+
+    def store_hash_end(self, text: str) -> None:
+        """``1``: _TPM_Hash_End: after Startup, PCR 17 is reset and extended with the
+        sequence's digest (DRTM); before Startup the digest goes to PCR 0 (H-CRTM)."""
+        if kstrtobool(text, name="hash_end"):
+            self._hash("hash_end", self.engine.hash_end)
+
+    def _hash(self, what: str, call: Callable[[], None]) -> None:
+        try:
+            with self._powered(what):
+                self.durable(call)
+        except TpmLibraryError as exc:
+            # libtpms refuses data or an end without a start (TPM_FAIL).
+            raise DeviceError(errno.EINVAL, f"{what}: the TPM refused it ({exc.message}); "
+                                            "a sequence is hash_start, hash_data..., "
+                                            "hash_end") from None
+
+    def read_stateblob(self) -> bytes:
+        """The TPM's state blobs in :mod:`vdev.tpm.stateblob`'s format: the live state
+        (volatile included) while powered, else the stored permanent state."""
+        with self._lock:
+            return stateblob.encode(self.engine.get_state())
+
+    def write_stateblob(self, offset: int, data: bytes) -> None:
+        """Import a blob (``cat blob > stateblob``) into the powered-off TPM, written in
+        one sequential pass: it takes effect at the write() that completes it (the header
+        says its length) and then starts at the next ``echo 1 > power``; a refused blob
+        changes nothing.  With ``--state`` it is saved before that write() returns."""
+        if self.engine.powered:
+            raise DeviceError(errno.EBUSY, f"stateblob: {self.name} is powered on; a state "
+                                           "blob is imported into a powered-off TPM "
+                                           "(echo 0 > power first)")
+        if offset == 0:
+            self._import.clear()
+        elif offset != len(self._import):
+            self._import.clear()
+            raise DeviceError(errno.EINVAL, f"stateblob: write at offset {offset}, not "
+                                            "where the blob so far ends: write it in one "
+                                            "sequential pass from offset 0")
+        self._import += data
+        if len(self._import) > stateblob.MAX_SIZE:
+            self._import.clear()
+            raise DeviceError(errno.EFBIG, f"stateblob: more than {stateblob.MAX_SIZE} bytes")
+        total = header_length(self._import)
+        if total is None and b"\n" not in self._import and len(self._import) < 256:
+            return  # the header line is not complete yet
+        if total is not None and len(self._import) < total:
+            return
+        raw = bytes(self._import)
+        self._import.clear()
+        try:
+            state = stateblob.decode("stateblob", raw)
+        except SealError as exc:
+            raise DeviceError(errno.EINVAL, str(exc)) from None
+        try:
+            self.import_state(state)
+        except TpmLibraryError as exc:
+            raise DeviceError(errno.EINVAL, f"stateblob: libtpms refused the blob: "
+                                            f"{exc.message}") from None
+
+    def import_state(self, state: TpmState) -> None:
+        """Give the powered-off TPM ``state`` (libtpms checks it first; a refused blob,
+        TpmLibraryError, changes nothing) and, with ``--state``, save it before returning.
+        For every importer: the ``stateblob`` file, swtpm's CMD_SET_STATEBLOB."""
+        with self._lock:
+            self.engine.set_state(state)
+            if self.persist is not None:
+                self.persist(state.permanent)
+
+    def rewind(self) -> None:
+        """``apfs/reset``: back to the TPM this mount booted (seeds, NV, persistent objects
+        as right after boot; with ``--state``, as loaded), powered on, Startup(CLEAR),
+        TPM-established flag clear, locality 0: each test of a mounted fixture starts from
+        the same TPM."""
+        assert self._boot_state is not None, "boot() first"
+        boot_state = self._boot_state
+        with self._lock:
+            try:
+                if self.engine.powered:
+                    self.engine.power_off()
+                self.engine.set_state(boot_state)
+                self._power_on()
+                # Clear, as at boot: libtpms keeps the flag in a process global, outside
+                # the state blobs; locality 3 may reset it.
+                self.engine.reset_established(3)
+            finally:
+                self._save_permanent()
+        self.locality = 0

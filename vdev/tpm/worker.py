@@ -147,6 +147,9 @@ def main() -> int:
                 reply = ["ok", *_dispatch(tpm, str(op), args)]
             except Exception as exc:
                 reply = _error_values(exc)
+            # A changed permanent blob rides on the reply of the call that changed it, so the
+            # parent can save it before passing that call's result on (no extra round trip).
+            reply.insert(1, tpm.take_permanent())
             pipe.send(reply)
     finally:
         tpm.close()
@@ -172,6 +175,7 @@ class TpmWorker:
         self._pipe = FramePipe(self._stdout.fileno(), self._stdin.fileno())
         self._lock = FifoLock()
         self._dead: TpmError | None = None
+        self._permanent: bytes | None = None
         hello = self._pipe.receive()
         if hello != ["ok"]:
             self.close()
@@ -212,7 +216,10 @@ class TpmWorker:
             if reply is None:
                 self._dead = self._exit_error()
                 raise self._dead
-        status, *results = reply
+            status, permanent, *results = reply
+            if permanent is not None:
+                assert isinstance(permanent, bytes)
+                self._permanent = permanent
         if status != "ok":
             raise _error(results)
         return results
@@ -266,6 +273,12 @@ class TpmWorker:
 
     def set_state(self, state: TpmState) -> None:
         self._call("set_state", state.permanent, state.volatile)
+
+    def take_permanent(self) -> bytes | None:
+        """As :meth:`Tpm.take_permanent`: the blob the child reported with a reply."""
+        with self._lock:
+            permanent, self._permanent = self._permanent, None
+        return permanent
 
     def info(self) -> dict[str, Any]:
         text = self._call("info")[0]
