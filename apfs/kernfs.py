@@ -176,14 +176,15 @@ def ro(name: str, show: Show, when: When | None = None, queue: Queue | None = No
     return Attr(name, 0o444, show=show, when=when, queue=queue)
 
 
-def wo(name: str, store: Store, when: When | None = None) -> Attr:
+def wo(name: str, store: Store, when: When | None = None, queue: Queue | None = None) -> Attr:
     """``DEVICE_ATTR_WO``: mode 0200, root only, unreadable even for root."""
-    return Attr(name, 0o200, store=store, when=when)
+    return Attr(name, 0o200, store=store, when=when, queue=queue)
 
 
-def rw(name: str, show: Show, store: Store, when: When | None = None) -> Attr:
+def rw(name: str, show: Show, store: Store, when: When | None = None,
+       queue: Queue | None = None) -> Attr:
     """``DEVICE_ATTR_RW``: mode 0644."""
-    return Attr(name, 0o644, show=show, store=store, when=when)
+    return Attr(name, 0o644, show=show, store=store, when=when, queue=queue)
 
 
 # --- device-like files (/dev/tpm0) --------------------------------------------------------
@@ -311,9 +312,9 @@ class Binary:
     read: BinRead | None = None
     write: BinWrite | None = None
     when: When | None = None
+    queue: Queue | None = None
 
     size_varies = False
-    queue = None  # read and written inline: a state blob is memory, not a TPM command
 
     def size(self, obj: Any) -> int:
         return 0
