@@ -229,17 +229,19 @@ def _send(sock: socket.socket, label: str, reply: Reply) -> bool:
 
 
 def swtpm_data(core: swtpm.Swtpm) -> Handler:
-    """The data channel: commands raw or TCG-prefixed, in any pieces, any number per
-    connection."""
+    """The data channel: one command per read of at least a header, raw or TCG-prefixed,
+    any number per connection (:class:`vdev.tpm.swtpm.DataReader`)."""
 
     def handle(sock: socket.socket, label: str) -> None:
         reader = swtpm.DataReader()
-        recv, sendall, execute = sock.recv, sock.sendall, core.execute
-        while data := recv(RECV_SIZE):
+        recv, sendall, feed, execute = sock.recv, sock.sendall, reader.feed, core.execute
+        while data := recv(reader.room):
+            command = feed(data)
+            if command is None:
+                continue
             try:
-                for command in reader.feed(data):
-                    sendall(execute(command))
-            except (Malformed, VirtioError) as exc:
+                sendall(execute(command))
+            except VirtioError as exc:  # a command beyond the virtio device's 4096 bytes
                 log.warning("%s: closed: %s", label, exc)
                 return
         _log_early_close(label, reader.pending)

@@ -156,7 +156,9 @@ def test_tpm2_pytss_esapi_session_over_the_tcti(tcp: TpmMount) -> None:
 
 GARBAGE = {
     # data/command port, port + 1: what is sent, the words of the log line
-    "swtpm": ((bytes.fromhex("8001ffffffff0000017b"), "exceeds the 4096-byte buffer"),
+    # swtpm's data port answers any read of 10 bytes or more (the TPM checks the size
+    # field); only a command beyond the virtio device's 4096 bytes closes the connection.
+    "swtpm": ((bytes.fromhex("80010000100900000000") + bytes(4095), "exceeds TPM_BUFSIZE 4096"),
               (U32.pack(sw.CMD_SET_STATEBLOB) + struct.pack(">III", 0, 1, 1 << 30),
                "exceeds 524288 bytes")),
     "mssim": ((struct.pack(">IBI", 8, 0, 1 << 30), "exceeds the 4096-byte buffer"),
@@ -180,6 +182,25 @@ def test_malformed_frame_closes_that_connection_only(tcp: TpmMount, port_offset:
         assert commands.response_code(
             tpm_round_trip(good, protocol, commands.get_random(8))) == 0
     assert re.fullmatch("[0-9A-F]{64}\n", tcp.mount.read("sys/class/tpm/tpm0/pcr-sha256/0"))
+
+
+def test_swtpm_data_port_answers_a_size_field_that_disagrees_as_swtpm_does(
+        tmp_path: Path) -> None:
+    """swtpm processes what one read returned: the TPM answers TPM_RC_COMMAND_SIZE at once
+    for a size field of 0, 4, 0xffffffff or beyond the bytes sent, and the connection goes
+    on."""
+    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-protocol", "swtpm")
+    try:
+        command = commands.get_random(8)
+        with connect(mounted.port) as sock:
+            for size in (0, 4, 0xFFFFFFFF, 4000):
+                wrong = command[:2] + U32.pack(size) + command[6:]
+                response = tpm_round_trip(sock, "swtpm", wrong)
+                assert commands.response_code(response) == commands.TPM_RC_COMMAND_SIZE, size
+            assert commands.response_code(tpm_round_trip(sock, "swtpm", command)) == 0
+        assert not log_lines(mounted, "closed")
+    finally:
+        unmount(mounted.mount)
 
 
 def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:

@@ -1,10 +1,11 @@
 """swtpm's socket protocol (swtpm 0.7.1, ``src/swtpm/ctrlchannel.c`` and ``mainloop.c``).
 
 Owns: :class:`ControlReader` (collects one control request as ``ctrlchannel_recv_cmd``
-does), :class:`DataReader` (splits the data channel into TPM commands, raw or behind the
-``u32 8`` TCG prefix) and :class:`Swtpm` (the state one ``swtpm socket`` process keeps for its
-TPM: running or not, the locality, the data descriptor of ``CMD_SET_DATAFD``), which answers
-control requests and data commands with bytes.
+does), :class:`DataReader` (cuts the data channel into TPM commands, raw or behind the
+``u32 8`` TCG prefix, read by read as ``SWTPM_IO_Read`` does) and :class:`Swtpm` (the
+state one ``swtpm socket`` process keeps for its TPM: running or not, the locality, the data
+descriptor of ``CMD_SET_DATAFD``), which answers control requests and data commands with
+bytes.
 
 Must not know: sockets, threads, trio.  File descriptors arrive as ints (SCM_RIGHTS is the
 server's business); a control reply that takes a descriptor says so in
@@ -30,6 +31,7 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vdev.tpm import commands
 from vdev.tpm.engine import MAX_LOCALITY, TpmState
@@ -149,68 +151,55 @@ class ControlReader:
         return needed
 
 
-@dataclass(frozen=True)
-class DataCommand:
+class DataCommand(NamedTuple):
     """A TPM command of the data channel; ``prefixed``: it came behind the TCG prefix, whose
-    locality then applies, and the response goes back framed the same way."""
+    locality then applies, and the response goes back framed the same way.  (A NamedTuple:
+    one is built per command, and a frozen dataclass costs ~1 µs more to build.)"""
 
     command: bytes
     locality: int | None = None
     prefixed: bool = False
 
 
+HEADER_READ = commands.HEADER_SIZE
+"""``sizeof(struct tpm_req_header)``: swtpm reads until at least this many bytes came."""
+READ_SIZE = MAX_COMMAND + PREFIX.size
+"""swtpm's command buffer (TPM_BUFFER_MAX plus the TCG prefix): the most one command takes."""
+
+
 class DataReader:
-    """Splits the data channel into commands by their size: a raw command (tag 0x8001 or
-    0x8002, or anything that is not the prefix) by its header's commandSize; a prefixed one
-    (``u32 8, u8 locality, u32 N``) by N.  Raises :class:`Malformed` for a size that cannot
-    frame a command (shorter than a header, beyond :data:`MAX_COMMAND`)."""
+    """The data channel as swtpm 0.7.1 reads it (``SWTPM_IO_Read`` in ``swtpm_io.c``, then
+    ``tpmlib_handle_tcg_tpm2_cmd_header``): it reads until at least a header's 10 bytes have
+    come, and whatever those reads returned (at most :data:`READ_SIZE` bytes) is one
+    command.  The header's size field frames nothing: the TPM checks it and answers
+    TPM_RC_COMMAND_SIZE when it disagrees.  What is not a raw command (tag 0x8001/0x8002)
+    and starts with ``u32 8`` is TCG-prefixed: the prefix's locality applies and the rest
+    of the bytes is the command (the prefix's length is not looked at either)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
 
     @property
     def pending(self) -> bool:
-        """Part of a command has arrived and waits for the rest."""
+        """Fewer than a header's bytes have come: swtpm waits for more."""
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> list[DataCommand]:
-        buffer = self._buffer
-        if not buffer and data[:2] in _RAW_TAGS and len(data) >= 6 and \
-                U32.unpack_from(data, 2)[0] == len(data) <= MAX_COMMAND:
-            return [DataCommand(data)]  # the usual case: one whole raw command per read
-        buffer += data
-        found: list[DataCommand] = []
-        while True:
-            have = len(buffer)
-            if have >= 4 and buffer[:2] not in _RAW_TAGS and \
-                    U32.unpack_from(buffer)[0] == TPM_SEND_COMMAND:
-                if have < PREFIX.size:
-                    break
-                _cmd, locality, length = PREFIX.unpack_from(buffer)
-                _check_size("TCG-prefixed command length", length)
-                end = PREFIX.size + length
-                if have < end:
-                    break
-                found.append(DataCommand(bytes(buffer[PREFIX.size:end]), locality, True))
-            elif have >= 6:
-                size = U32.unpack_from(buffer, 2)[0]
-                _check_size(f"command (tag 0x{buffer[:2].hex()}) commandSize", size)
-                end = size
-                if have < end:
-                    break
-                found.append(DataCommand(bytes(buffer[:end])))
-            else:
-                break
-            del buffer[:end]
-        return found
+    @property
+    def room(self) -> int:
+        """How many bytes the next read may take (swtpm's ``bufferSize - offset``)."""
+        return READ_SIZE - len(self._buffer)
 
-
-def _check_size(what: str, size: int) -> None:
-    if size < commands.HEADER_SIZE:
-        raise Malformed(f"swtpm data: {what} {size} is shorter than a TPM header "
-                        f"({commands.HEADER_SIZE} bytes)")
-    if size > MAX_COMMAND:
-        raise Malformed(f"swtpm data: {what} {size} exceeds the {MAX_COMMAND}-byte buffer")
+    def feed(self, data: bytes) -> DataCommand | None:
+        """The command that what came so far makes, or None while it is under 10 bytes."""
+        if self._buffer:
+            data = self._buffer + data
+        if len(data) < HEADER_READ:
+            self._buffer = data
+            return None
+        self._buffer = b""
+        if data[:2] not in _RAW_TAGS and U32.unpack_from(data)[0] == TPM_SEND_COMMAND:
+            return DataCommand(data[PREFIX.size:], data[4], True)
+        return DataCommand(data)
 
 
 @dataclass(frozen=True)
