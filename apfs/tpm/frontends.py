@@ -65,15 +65,16 @@ def start(tpm: VTpm, options: FrontEndOptions) -> FrontEnds:
             first, second = servers.listen_tcp_pair(options.port)
             port = first.getsockname()[1]
             if options.protocol == "swtpm":
-                servers.serve(first, f"{name} swtpm data", sockets.swtpm_data(core))
+                servers.serve(first, f"{name} swtpm data", sockets.swtpm_data(core),
+                              inline=True)
                 servers.serve(second, f"{name} swtpm control",
                               sockets.swtpm_control(core, servers, takes_fds=False))
             else:
                 sizes = mssim.CommandSizes()
                 servers.serve(first, f"{name} mssim command",
-                              sockets.mssim_port(mssim.CommandPort, tpm, sizes))
+                              sockets.mssim_port(mssim.CommandPort, tpm, sizes), inline=True)
                 servers.serve(second, f"{name} mssim platform",
-                              sockets.mssim_port(mssim.PlatformPort, tpm, sizes))
+                              sockets.mssim_port(mssim.PlatformPort, tpm, sizes), inline=True)
             lines.append(f"TPM2TOOLS_TCTI={tcti(options.protocol, port)}")
         if options.socket is not None:
             listener = servers.listen_unix(options.socket)

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -44,7 +45,54 @@ SEND_TIMEOUT = 5.0
 JOIN_TIMEOUT = 5.0
 LOOPBACK = "127.0.0.1"
 
-Handler = Callable[[socket.socket, str], None]
+
+
+class Connection:
+    """One client connection as a handler sees it: the socket, the label of its log lines,
+    and :meth:`wait`, which a handler that can be served inline calls before each read.
+
+    Served inline, a connection runs in its listener's accepting thread, which saves the
+    thread start and hand-over that cost more than the rest of a round trip (the swtpm
+    TCTI of tpm2-tss opens a connection per command).  Then :meth:`wait` watches the
+    listener too: when another client connects while this one is idle, a new thread takes
+    over accepting (and serves that client the same way), so nobody waits for this
+    connection to end.  A command that computes does not wait: the newcomer's connection
+    is accepted by the kernel meanwhile, and its commands would wait for the TPM anyway."""
+
+    __slots__ = ("_hand_over", "_poll", "_sock_fd", "label", "sock")
+
+    def __init__(self, sock: socket.socket, label: str, listener: socket.socket | None = None,
+                 hand_over: Callable[[], None] | None = None) -> None:
+        self.sock = sock
+        self.label = label
+        self._sock_fd = sock.fileno()
+        self._hand_over = hand_over
+        self._poll: select.poll | None = None
+        if listener is not None:
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+            self._poll.register(listener, select.POLLIN)
+
+    @property
+    def handed_over(self) -> bool:
+        """Served inline, and another thread accepts now."""
+        return self._hand_over is not None and self._poll is None
+
+    def wait(self) -> None:
+        """Return once the client sent something or hung up (the next read will not block);
+        hand accepting over first if another client connects meanwhile."""
+        poll = self._poll
+        if poll is None:
+            return
+        ready = poll.poll()
+        if any(fd == self._sock_fd for fd, _events in ready):
+            return  # this client first, even when another one connects at the same time
+        self._poll = None
+        assert self._hand_over is not None
+        self._hand_over()
+
+
+Handler = Callable[[Connection], None]
 
 
 class FrontEndError(Exception):
@@ -122,22 +170,37 @@ class Servers:
         self._paths.append(path)
         return sock
 
-    def serve(self, listener: socket.socket, name: str, handler: Handler) -> None:
-        """Accept connections on ``listener`` in a thread; each one runs ``handler(sock,
-        label)`` in a thread of its own."""
+    def serve(self, listener: socket.socket, name: str, handler: Handler, *,
+              inline: bool = False) -> None:
+        """Accept connections on ``listener`` in a thread; each one runs ``handler`` in a
+        thread of its own, or with ``inline`` (a handler that calls
+        :meth:`Connection.wait` before each read) in the accepting thread while no other
+        client needs it."""
         with self._lock:
             self._listeners.append(listener)
-        self._start(self._accept_loop, (listener, name, handler), f"{name} accept")
+        self._start(self._accept_loop, (listener, name, handler, inline), f"{name} accept")
 
     def _start(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread = threading.Thread(target=self._run, args=(target, args), name=name,
+                                  daemon=True)
         with self._lock:
             if self._closed:
                 return
             self._threads.add(thread)
         thread.start()
 
-    def _accept_loop(self, listener: socket.socket, name: str, handler: Handler) -> None:
+    def _run(self, target: Callable[..., None], args: tuple[object, ...]) -> None:
+        try:
+            target(*args)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _accept_loop(self, listener: socket.socket, name: str, handler: Handler,
+                     inline: bool) -> None:
+        def hand_over() -> None:
+            self._start(self._accept_loop, (listener, name, handler, inline), f"{name} accept")
+
         while True:
             try:
                 sock, peer = listener.accept()
@@ -145,23 +208,37 @@ class Servers:
                 if exc.errno in (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
                     continue
                 return  # the listener was shut down by close()
-            self.run_connection(sock, f"{name} {_peer(peer)}", handler)
+            label = f"{name} {_peer(peer)}"
+            if not inline:
+                self.run_connection(sock, label, handler)
+            elif self._register(sock):
+                connection = Connection(sock, label, listener, hand_over)
+                self._connection(connection, handler)
+                if connection.handed_over:
+                    return  # another thread accepts now
 
     def run_connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
-        """Serve ``sock`` with ``handler`` in a thread; the socket is closed at its end."""
+        """Serve ``sock`` with ``handler`` in a thread of its own; the socket is closed at
+        its end."""
+        if self._register(sock):
+            self._start(self._connection, (Connection(sock, label), handler), label)
+
+    def _register(self, sock: socket.socket) -> bool:
+        """Set a new connection's options and track it (False: closed, as the servers are)."""
         if sock.family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_send_timeout(sock)
         with self._lock:
             if self._closed:
                 sock.close()
-                return
+                return False
             self._connections.add(sock)
-        self._start(self._connection, (sock, label, handler), label)
+        return True
 
-    def _connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
+    def _connection(self, connection: Connection, handler: Handler) -> None:
+        sock, label = connection.sock, connection.label
         try:
-            handler(sock, label)
+            handler(connection)
         except OSError as exc:
             if not self._closed:
                 log.warning("%s: closed: %s", label, exc.strerror or exc)
@@ -170,7 +247,6 @@ class Servers:
         finally:
             with self._lock:
                 self._connections.discard(sock)
-                self._threads.discard(threading.current_thread())
             sock.close()
 
     def close(self) -> None:
@@ -232,19 +308,24 @@ def swtpm_data(core: swtpm.Swtpm) -> Handler:
     """The data channel: one command per read of at least a header, raw or TCG-prefixed,
     any number per connection (:class:`vdev.tpm.swtpm.DataReader`)."""
 
-    def handle(sock: socket.socket, label: str) -> None:
+    def handle(connection: Connection) -> None:
         reader = swtpm.DataReader()
-        recv, sendall, feed, execute = sock.recv, sock.sendall, reader.feed, core.execute
-        while data := recv(reader.room):
+        sock, wait, feed, execute = connection.sock, connection.wait, reader.feed, core.execute
+        recv, sendall = sock.recv, sock.sendall
+        while True:
+            wait()
+            data = recv(reader.room)
+            if not data:
+                break
             command = feed(data)
             if command is None:
                 continue
             try:
                 sendall(execute(command))
             except VirtioError as exc:  # a command beyond the virtio device's 4096 bytes
-                log.warning("%s: closed: %s", label, exc)
+                log.warning("%s: closed: %s", connection.label, exc)
                 return
-        _log_early_close(label, reader.pending)
+        _log_early_close(connection.label, reader.pending)
 
     return handle
 
@@ -254,13 +335,14 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
     taken from SCM_RIGHTS and its data channel served in a thread of its own."""
     data_handler = swtpm_data(core)
 
-    def serve_data_fd(sock: socket.socket, label: str) -> None:
+    def serve_data_fd(connection: Connection) -> None:
         try:
-            data_handler(sock, label)
+            data_handler(connection)
         finally:
             core.data_fd_in_use = False
 
-    def handle(sock: socket.socket, label: str) -> None:
+    def handle(connection: Connection) -> None:
+        sock, label = connection.sock, connection.label
         reader = swtpm.ControlReader()
         deadline = 0.0
         while True:
@@ -324,9 +406,14 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
                sizes: mssim.CommandSizes) -> Handler:
     """The mssim command or platform port."""
 
-    def handle(sock: socket.socket, label: str) -> None:
+    def handle(connection: Connection) -> None:
+        sock, label = connection.sock, connection.label
         port = port_type(tpm, sizes)
-        while data := sock.recv(RECV_SIZE):
+        while True:
+            connection.wait()
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
             try:
                 replies = port.receive(data)
             except VirtioError as exc:

@@ -293,6 +293,10 @@ class Tpm:
         it, so a caller that takes it right after that call and saves it before passing the
         response on acknowledges only what is durable (:meth:`vdev.tpm.vtpm.VTpm.transmit`).
         """
+        if self._lib.permanent_stores == self._stores_taken:
+            # Most commands store nothing: answered without the lock (a store racing with
+            # this read belongs to a call whose own caller takes it afterwards).
+            return None
         with self._lock:
             if self._lib.permanent_stores == self._stores_taken:
                 return None

@@ -125,52 +125,58 @@ class VirtioTpm:
 
     def transmit(self, command: bytes, locality: int = 0) -> bytes:
         """One command as the guest driver sends it: an out descriptor with the command and
-        an in descriptor of the driver's TPM_BUFSIZE buffer; the response it gets back."""
-        chain = (Descriptor(False, len(command), command), Descriptor(True, TPM_BUFSIZE))
-        return self.process(0, chain, locality).response
+        an in descriptor of the driver's TPM_BUFSIZE buffer; the response it gets back.
+        The checks are :meth:`process`'s for that chain, without building it: this is the
+        path of every front end's command."""
+        return self._serve(0, command, TPM_BUFSIZE, locality)
 
     def process(self, head: int, chain: Sequence[Descriptor], locality: int = 0) -> Used:
         """Serve one request chain; raise before anything is executed if it is malformed.
 
         ``locality``: the virtio transport has none (a guest's commands come from locality
         0); the socket front ends that play the guest pass their client's."""
-        if not self.status & STATUS_DRIVER_OK:
-            raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
-                                         f"(status {self.status:#x})")
-        if self.status & STATUS_NEEDS_RESET:
-            raise VirtioError(errno.EIO, f"chain {head}: the device needs a reset after an "
-                                         "earlier device error")
-        command, capacity = self._split(head, chain)
-        response = self.tpm.execute(command, locality)
-        if len(response) > capacity:
-            self.status |= STATUS_NEEDS_RESET
-            raise VirtioError(errno.EPROTO,
-                              f"chain {head}: TPM response of {len(response)} bytes does not fit "
-                              f"the {capacity}-byte response descriptor (device error, "
-                              "not truncated)")
-        if len(response) < commands.HEADER_SIZE or \
-                commands.response_size(response) != len(response):
-            self.status |= STATUS_NEEDS_RESET
-            raise VirtioError(errno.EPROTO,
-                              f"chain {head}: TPM response of {len(response)} bytes does not "
-                              "match its header's size field (device error)")
+        self._check_chain(head, chain)
+        response = self._serve(head, chain[0].data, chain[1].length, locality)
         return Used(head, len(response), response)
 
+    def _serve(self, head: int, command: bytes, capacity: int, locality: int) -> bytes:
+        """The device's checks around one command of a well-formed chain, and its response."""
+        status = self.status
+        if not status & STATUS_DRIVER_OK:
+            raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
+                                         f"(status {status:#x})")
+        if status & STATUS_NEEDS_RESET:
+            raise VirtioError(errno.EIO, f"chain {head}: the device needs a reset after an "
+                                         "earlier device error")
+        if len(command) > TPM_BUFSIZE:
+            raise VirtioError(errno.EINVAL,
+                              f"chain {head}: command of {len(command)} bytes exceeds "
+                              f"TPM_BUFSIZE {TPM_BUFSIZE}")
+        response = self.tpm.execute(command, locality)
+        size = len(response)
+        if size > capacity:
+            self.status |= STATUS_NEEDS_RESET
+            raise VirtioError(errno.EPROTO,
+                              f"chain {head}: TPM response of {size} bytes does not fit "
+                              f"the {capacity}-byte response descriptor (device error, "
+                              "not truncated)")
+        if size < commands.HEADER_SIZE or commands.response_size(response) != size:
+            self.status |= STATUS_NEEDS_RESET
+            raise VirtioError(errno.EPROTO,
+                              f"chain {head}: TPM response of {size} bytes does not "
+                              "match its header's size field (device error)")
+        return response
+
     @staticmethod
-    def _split(head: int, chain: Sequence[Descriptor]) -> tuple[bytes, int]:
-        """The command and the response capacity of a well-formed chain."""
+    def _check_chain(head: int, chain: Sequence[Descriptor]) -> None:
+        """Refuse a chain that is not one out descriptor with its data then one in."""
         if len(chain) != 2 or chain[0].writable or not chain[1].writable:
             shape = ", ".join("in" if d.writable else "out" for d in chain) or "empty"
             raise VirtioError(errno.EINVAL,
                               f"chain {head}: expected one out descriptor (the command) then "
                               f"one in descriptor (the response buffer), got [{shape}]")
-        out, into = chain
+        out = chain[0]
         if len(out.data) != out.length:
             raise VirtioError(errno.EINVAL,
                               f"chain {head}: out descriptor of length {out.length} carries "
                               f"{len(out.data)} bytes")
-        if out.length > TPM_BUFSIZE:
-            raise VirtioError(errno.EINVAL,
-                              f"chain {head}: command of {out.length} bytes exceeds "
-                              f"TPM_BUFSIZE {TPM_BUFSIZE}")
-        return out.data, into.length

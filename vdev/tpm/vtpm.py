@@ -82,6 +82,25 @@ class PcrBank(NamedTuple):
         return self.tpm.pcr_value(self.bank, index)
 
 
+class _Durable:
+    """A context that holds ``lock`` and, at its end, saves what the calls in it changed."""
+
+    __slots__ = ("_lock", "_save")
+
+    def __init__(self, lock: FifoLock, save: Callable[[], None]) -> None:
+        self._lock = lock
+        self._save = save
+
+    def __enter__(self) -> None:
+        self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._save()
+        finally:
+            self._lock.__exit__()
+
+
 class VTpm:
     """The vTPM of one ``[[tpm]]`` table; ``index`` is its chip number (``tpm<index>``)."""
 
@@ -107,6 +126,9 @@ class VTpm:
         time, in arrival order; held from an engine call to the save of what it changed, so
         no response (of any caller) is passed on before the permanent state it implies is
         durable (:meth:`durable`, :meth:`transmit`, :meth:`exclusive`)."""
+        self._durable = _Durable(self._lock, self._save_permanent)
+        """``with self._durable:`` is :meth:`durable` without a closure per call (the path of
+        every command)."""
         self._boot_state: TpmState | None = None
         """The permanent state right after :meth:`boot`: what ``apfs/reset`` goes back to."""
         self._import = bytearray()
@@ -182,7 +204,8 @@ class VTpm:
         persistent objects) returns only once that state is saved; if saving fails its
         response is withheld (DeviceError EIO naming the file), though the TPM keeps the
         change and a later save includes it: acknowledged implies durable."""
-        return self.durable(lambda: self._send(command, locality))
+        with self._durable:
+            return self._send(command, locality)
 
     @property
     def busy(self) -> bool:
@@ -210,11 +233,8 @@ class VTpm:
 
         Front ends that drive the engine directly (swtpm's CMD_INIT, CMD_HASH_*, mssim's
         POWER_ON) wrap the call in this, so what they acknowledge is durable as well."""
-        with self._lock:
-            try:
-                return call()
-            finally:
-                self._save_permanent()
+        with self._durable:
+            return call()
 
     def _save_permanent(self) -> None:
         blob = self.engine.take_permanent()
