@@ -12,7 +12,10 @@ path awaits.  Files that talk to a TPM are the exception (their spec has a ``que
 write to /dev/tpm0, the flush at close of /dev/tpmrm0, a PCR read while the TPM is busy may
 take seconds, so those handlers return a coroutine that runs the call in a worker thread
 (:meth:`SysfsOperations._offload`: one at a time per TPM, in arrival order), after handing
-the request loop over to another pyfuse3 worker (:mod:`apfs.fuseloop`).  Each handler is
+the request loop over to another pyfuse3 worker (:mod:`apfs.fuseloop`).  A device write the
+device calls quick (a TPM command of :data:`vdev.tpm.commands.QUICK_COMMANDS`) runs inline
+while its TPM is idle and nothing waits in its queue: it overtakes nothing, and takes less
+than the hand-over to a thread would.  Each handler is
 wrapped once by :func:`_guarded` into the coroutine pyfuse3 awaits, which awaits such a
 returned coroutine too: a device refusal becomes its errno, a name that does not resolve its
 ENOENT/ENOTDIR, and anything else (an OSError included) becomes EIO plus a traceback in the
@@ -329,14 +332,15 @@ class SysfsOperations(pyfuse3.Operations):
 
     def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
-        if opened.queue is not None:
+        if opened.queue is not None and not (opened.device and self._quick(opened, data)):
             return self._queued_write(opened, offset, data)
         try:
             written = opened.handle.write(offset, data)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise
-        self._written(opened)
+        if not opened.device:
+            self._written(opened)
         return written
 
     def _written(self, opened: OpenFile) -> None:
@@ -384,9 +388,16 @@ class SysfsOperations(pyfuse3.Operations):
         in microseconds, less than a thread hand-off costs (README, vTPM), so such reads
         stay inline.  Commands of the mount's files start from this loop, so none can
         start between this check and the read; a socket front end's thread could, and then
-        this one read waits for that command."""
+        this one read (or quick write) waits for that command."""
         limiter = self._queues.get(queue)
         return queue.busy or (limiter is not None and limiter.borrowed_tokens > 0)
+
+    def _quick(self, opened: OpenFile, data: bytes) -> bool:
+        """A device write that may run on the request loop: its queue is idle, so it
+        overtakes nothing, and the device says it takes microseconds (README, vTPM)."""
+        assert opened.queue is not None
+        handle: DeviceHandle = opened.handle  # type: ignore[assignment]
+        return not self._would_wait(opened.queue) and handle.quick(data)
 
     async def _queued_read(self, opened: OpenFile, offset: int, size: int) -> bytes:
         assert opened.queue is not None

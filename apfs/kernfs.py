@@ -67,13 +67,19 @@ class Handle(Protocol):
 class DeviceHandle(Protocol):
     """An open device-like file (/dev/tpm0): ``write`` may block while a device computes,
     so the FUSE layer runs it in a worker thread, one at a time per :meth:`Device.queue`, in
-    arrival order.  ``read`` never blocks; offsets are ignored (a character device keeps
-    its own cursor).  ``release`` closes at once and returns what may block (flushing a
-    resource manager's space), which then runs like a write."""
+    arrival order, unless :meth:`quick` says that write cannot take long and that queue is
+    idle (then it runs at once: a thread hand-off would cost more than the write).  ``read``
+    never blocks; offsets are ignored (a character device keeps its own cursor).
+    ``release`` closes at once and returns what may block (flushing a resource manager's
+    space), which then runs like a write."""
 
     def read(self, offset: int, size: int) -> bytes: ...
 
     def write(self, offset: int, data: bytes) -> int: ...
+
+    def quick(self, data: bytes) -> bool:
+        """Whether writing ``data`` takes microseconds once the device is idle."""
+        ...
 
     def release(self) -> Callable[[], None] | None: ...
 

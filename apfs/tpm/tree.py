@@ -45,7 +45,7 @@ from apfs.kernfs import (
     wo,
 )
 from vdev.tpm.chardev import TpmFile
-from vdev.tpm.commands import PCR_COUNT
+from vdev.tpm.commands import PCR_COUNT, is_quick
 from vdev.tpm.virtio import VIRTIO_ID_TPM
 from vdev.tpm.vtpm import PcrBank, VTpm
 
@@ -169,6 +169,9 @@ class DeviceFile:
 
     def write(self, offset: int, data: bytes) -> int:
         return self._file.write(data)
+
+    def quick(self, data: bytes) -> bool:
+        return is_quick(data)
 
     def release(self) -> Callable[[], None] | None:
         return self._file.release()

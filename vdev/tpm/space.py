@@ -38,8 +38,8 @@ from vdev.tpm import commands
 Send = Callable[[bytes], bytes]
 """Sends one command to the TPM and returns its response (the held TPM)."""
 
-TPM_CC_CONTEXT_LOAD = 0x161
-TPM_CC_CONTEXT_SAVE = 0x162
+TPM_CC_CONTEXT_LOAD = commands.TPM_CC_CONTEXT_LOAD
+TPM_CC_CONTEXT_SAVE = commands.TPM_CC_CONTEXT_SAVE
 TPM_CC_FLUSH_CONTEXT = commands.TPM_CC_FLUSH_CONTEXT
 TPM_CC_GET_CAPABILITY = commands.TPM_CC_GET_CAPABILITY
 TPM_CC_FIRST = 0x11F
