@@ -44,7 +44,8 @@ import trio
 
 from apfs.kernfs import Device, DeviceHandle, Handle, PathError, Worker
 from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
-from vdev.errors import DeviceError
+from vdev.errors import DeviceError, WouldWait
+from vdev.inline import NO_WAIT
 
 log = logging.getLogger("apfs")
 
@@ -321,8 +322,17 @@ class SysfsOperations(pyfuse3.Operations):
 
     def read(self, fh: int, offset: int, size: int) -> Any:
         opened = self._live(fh)
-        if opened.queue is not None and not opened.device and self._would_wait(opened.queue):
-            return self._queued_read(opened, offset, size)
+        if opened.queue is not None and not opened.device:
+            if self._would_wait(opened.queue):
+                return self._queued_read(opened, offset, size)
+            try:
+                with NO_WAIT:
+                    return opened.handle.read(offset, size)
+            except WouldWait:  # a socket front end's command got the TPM first
+                return self._queued_read(opened, offset, size)
+            except DeviceError as exc:
+                self._on_refusal(self.tree.path_of(opened.found), None, exc)
+                raise
         try:
             return opened.handle.read(offset, size)
         except DeviceError as exc:
@@ -332,8 +342,17 @@ class SysfsOperations(pyfuse3.Operations):
 
     def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
-        if opened.queue is not None and not (opened.device and self._quick(opened, data)):
-            return self._queued_write(opened, offset, data)
+        if opened.queue is not None:
+            if not (opened.device and self._quick(opened, data)):
+                return self._queued_write(opened, offset, data)
+            try:
+                with NO_WAIT:
+                    return opened.handle.write(offset, data)
+            except WouldWait:  # a socket front end's command got the TPM first
+                return self._queued_write(opened, offset, data)
+            except DeviceError as exc:
+                self._on_refusal(self.tree.path_of(opened.found), data, exc)
+                raise
         try:
             written = opened.handle.write(offset, data)
         except DeviceError as exc:
@@ -387,8 +406,9 @@ class SysfsOperations(pyfuse3.Operations):
         """Whether a call on ``queue`` made now would wait.  An idle TPM answers a PCR read
         in microseconds, less than a thread hand-off costs (README, vTPM), so such reads
         stay inline.  Commands of the mount's files start from this loop, so none can
-        start between this check and the read; a socket front end's thread could, and then
-        this one read (or quick write) waits for that command."""
+        start between this check and the read; a socket front end's thread could: the
+        inline call runs under ``NO_WAIT``, so the TPM's lock then refuses it (WouldWait)
+        and it goes to the queue instead of holding the loop."""
         limiter = self._queues.get(queue)
         return queue.busy or (limiter is not None and limiter.borrowed_tokens > 0)
 

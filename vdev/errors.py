@@ -10,6 +10,11 @@ from __future__ import annotations
 import errno as _errno
 
 
+class WouldWait(Exception):
+    """A call made where waiting is forbidden (an event loop serving inline) found its device
+    serving another caller.  Nothing happened: make the same call again where it may wait."""
+
+
 class DeviceError(Exception):
     """A device refused an operation with a kernel errno and an explanation."""
 

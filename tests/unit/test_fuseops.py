@@ -19,7 +19,8 @@ import trio.testing
 from apfs.fuseops import STABLE_TIMEOUT, SysfsOperations
 from apfs.kernfs import Device, Link, Subdir, Subdirs, directory, relative_link, ro, rw, wo
 from apfs.tree import Tree
-from vdev.errors import DeviceError
+from vdev.errors import DeviceError, WouldWait
+from vdev.inline import waiting_forbidden
 
 
 class Model:
@@ -245,6 +246,9 @@ class SlowDevice:
     """A device whose commands wait for the test to let them finish (a TPM computing)."""
 
     busy = False
+    held_elsewhere = False
+    """Another thread (a socket client) holds the device: a caller that may not wait is
+    refused, as the TPM's lock refuses it."""
 
     def __init__(self) -> None:
         self.go = threading.Event()
@@ -266,6 +270,8 @@ class SlowFile:
 
     def write(self, offset: int, data: bytes) -> int:
         if self.quick(data):
+            if self.device.held_elsewhere and waiting_forbidden():
+                raise WouldWait("dev/slow: held by another client")
             self.device.order.append(data)
             return len(data)
         if data == b"crash":
@@ -368,6 +374,18 @@ async def test_a_quick_write_runs_on_the_loop_when_idle_and_waits_its_turn_other
         assert device.order == [b"quick 1", b"slow"]  # it does not overtake the slow one
         device.go.set()
     assert device.order == [b"quick 1", b"slow", b"quick 2"] and handed_over == [1, 1]
+
+
+async def test_a_quick_write_finding_the_device_held_elsewhere_goes_to_the_queue(
+        device_ops: SysfsOperations) -> None:
+    ops = device_ops
+    device: SlowDevice = ops.tree.root.obj.slow
+    device.held_elsewhere = True
+    handed_over: list[int] = []
+    ops.hand_over = lambda: handed_over.append(1)
+    fh = (await ops.open(await _ino(ops, "slow"), os.O_RDWR, None)).fh
+    assert await ops.write(fh, 0, b"quick 1") == 7
+    assert device.order == [b"quick 1"] and handed_over == [1]  # done in a worker thread
 
 
 async def test_device_refusals_and_bugs_answer_an_errno(device_ops: SysfsOperations,

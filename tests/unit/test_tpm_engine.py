@@ -19,6 +19,8 @@ from tests.unit.tpm_helpers import (
     require_libtpms,
     started,
 )
+from vdev.errors import WouldWait
+from vdev.inline import NO_WAIT
 from vdev.tpm import commands as cmd
 from vdev.tpm.engine import FifoLock, Tpm, TpmState
 from vdev.tpm.errors import TpmError, TpmInUse, TpmLibraryError, TpmStateError
@@ -293,3 +295,26 @@ def test_fifo_lock_serves_in_arrival_order() -> None:
     for thread in threads:
         thread.join()
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_caller_that_may_not_wait_is_refused_a_held_lock_and_nothing_changes() -> None:
+    lock = FifoLock()
+    with NO_WAIT, lock:  # free: taken as by anyone
+        assert lock.busy
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            assert release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    with NO_WAIT, pytest.raises(WouldWait):
+        lock.__enter__()
+    assert not lock._waiters  # it did not queue
+    release.set()
+    holder.join()
+    with lock:  # and the lock works on
+        pass

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vdev.errors import DeviceError
+from vdev.errors import DeviceError, WouldWait
 from vdev.tpm.errors import TpmStateError
 
 TPM_BUFSIZE = 4096
@@ -114,6 +114,10 @@ class TpmFile:
             self._executing = True
         try:
             response = self._run(data[:declared])
+        except WouldWait:
+            with self._lock:
+                self._executing = False  # nothing ran: the same write comes again
+            raise
         except DeviceError as exc:
             with self._lock:
                 self._executing = False

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+from vdev.errors import WouldWait
+from vdev.inline import waiting_forbidden
 from vdev.tpm import libtpms as lt
 from vdev.tpm.errors import TpmError, TpmInUse, TpmStateError
 
@@ -84,6 +86,8 @@ class FifoLock:
             if not self._busy:
                 self._busy = True
                 return
+            if waiting_forbidden():
+                raise WouldWait("the TPM is serving another caller")
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)
@@ -93,6 +97,7 @@ class FifoLock:
     def busy(self) -> bool:
         """Held (or handed over to a waiter) right now: a caller would wait."""
         return self._busy
+
 
     def __exit__(self, *exc: object) -> None:
         with self._mutex:
