@@ -81,7 +81,10 @@ class SevNode:
         self.launches: dict[str, Launch] = {}
         """Directory name (the guest's handle) → its launch, in creation order."""
         self.last_created = 0
-        self.platform.init()
+        self._saved: dict[str, Any] = {}
+        self._saved_from: tuple[object, ...] = ()
+        with self.exclusive():
+            self.platform.init()
 
     def _configured(self, platform: SevPlatform) -> SevPlatform:
         platform.api = self.config.api
@@ -99,13 +102,27 @@ class SevNode:
     def exclusive(self) -> Iterator[None]:
         """Hold the firmware: one command at a time."""
         with self._lock:
-            yield
+            try:
+                yield
+            finally:
+                self._note_keys()
+
+    def _note_keys(self) -> None:
+        """Re-export the durable part when a command replaced a key or the owner (they are
+        replaced, never changed in place), so :meth:`export_state` never waits for a
+        running command: ``--state`` exports after every accepted write, AP ones included."""
+        platform = self.platform
+        now = (platform, platform.oca, platform.pek, platform.pdh, platform.owned)
+        if len(now) != len(self._saved_from) or any(
+                a is not b for a, b in zip(now, self._saved_from, strict=True)):
+            self._saved = platform.export_state()
+            self._saved_from = now
 
     # -- durable state (the platform's keys and ownership; guests never survive) --------
 
     def export_state(self) -> dict[str, Any]:
-        with self.exclusive():
-            return self.platform.export_state()
+        """The platform's durable part as of the last command (never waits for one)."""
+        return self._saved
 
     def check_state(self, data: Any) -> SevPlatform:
         """The platform ``data`` describes; ValueError (naming the key) if it is malformed."""
