@@ -276,10 +276,14 @@ def test_the_secret_gpa_defaults_to_the_ovmf_secret_area(mount: Mount) -> None:
     pwrite(mount, f"{guest}/memory", 0x100000, image)
     mount.write(f"{guest}/update", f"{0x100000} {len(image)}")
     measurement = base64.b64decode(mount.read(f"{guest}/measure"))
-    packet = owner.package_secret(b"s" * 32, session.tek, session.tik, measurement, API)
-    mount.write(f"{guest}/secret", f"packet-header={base64.b64encode(packet.header).decode()}\n"
-                                   f"secret={base64.b64encode(packet.trans).decode()}\n")
-    assert pread(mount, f"{guest}/debug", 0x80000, 32) == b"s" * 32
+    secret = os.urandom(16 * 1024)  # the kernel's cap: 22 KiB of base64, beyond a page
+    packet = owner.package_secret(secret, session.tek, session.tik, measurement, API)
+    fields = mount.root.parent / "fields"
+    fields.write_text(f"packet-header={base64.b64encode(packet.header).decode()}\n"
+                      f"secret={base64.b64encode(packet.trans).decode()}\n")
+    shell = mount.bash(f"cat {fields} > {guest}/secret")
+    assert shell.returncode == 0, shell.stderr
+    assert pread(mount, f"{guest}/debug", 0x80000, len(secret)) == secret
 
 
 def test_the_seed_launch_file_is_refused_naming_its_key_and_a_valid_one_is_taken(

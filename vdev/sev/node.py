@@ -331,14 +331,18 @@ class Launch:
 
         return base64.b64encode(self._run(measure)).decode() + "\n"
 
-    def store_secret(self, text: str) -> None:
-        """sev-inject-launch-secret: ``packet-header=B64 secret=B64 [gpa=N]``."""
+    def write_secret(self, offset: int, data: bytes) -> None:
+        """sev-inject-launch-secret: ``packet-header=B64 secret=B64 [gpa=N]`` in one write
+        at offset 0.  Not a page-limited text attribute: a 16 KiB secret (the kernel's cap)
+        is 22 KiB of base64."""
         try:
-            fields = parse_fields(text, SECRET_KEYS, "secret")
+            if offset != 0:
+                raise ValueError(f"written at offset {offset}: the fields go in one write")
+            fields = parse_fields(data.decode("ascii"), SECRET_KEYS, "secret")
             header = _decode(fields, "packet-header")
             secret = _decode(fields, "secret")
             gpa = int(fields["gpa"], 0) if "gpa" in fields else self.secret_gpa
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise _einval(f"secret: {exc}") from None
         if gpa is None:
             raise _einval("secret: no gpa given, and no firmware image measured so far has "
