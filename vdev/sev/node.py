@@ -73,16 +73,16 @@ def _einval(message: str) -> DeviceError:
 class SevNode:
     """One host's SEV firmware and its launch directories."""
 
-    def __init__(self, config: SevConfig, platform: SevPlatform | None = None) -> None:
+    def __init__(self, config: SevConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self.platform = self._configured(platform or SevPlatform(config_es=config.es))
+        self.platform = self._configured(SevPlatform())
         self.guests = Guests(self.platform)
         self.launches: dict[str, Launch] = {}
         """Directory name (the guest's handle) → its launch, in creation order."""
         self.last_created = 0
         self._saved: dict[str, Any] = {}
-        self._saved_from: tuple[object, ...] = ()
+        self._saved_from: tuple[object, ...] = (None,) * 5
         with self.exclusive():
             self.platform.init()
 
@@ -113,8 +113,7 @@ class SevNode:
         running command: ``--state`` exports after every accepted write, AP ones included."""
         platform = self.platform
         now = (platform, platform.oca, platform.pek, platform.pdh, platform.owned)
-        if len(now) != len(self._saved_from) or any(
-                a is not b for a, b in zip(now, self._saved_from, strict=True)):
+        if any(a is not b for a, b in zip(now, self._saved_from, strict=True)):
             self._saved = platform.export_state()
             self._saved_from = now
 
