@@ -4,6 +4,7 @@
 # directory), show what each guest sees and the kernel-style log, and unmount.  Then the
 # same host in the upstream vfio_ap flavor: vfio-ap.rst's workflow through
 # scripts/upstream-workflow.sh and a guest started on its first device.
+# Between the two: the vTPM, extended with tpm2-tools through dev/tpmrm0 and read in sysfs.
 # Exits non-zero on any failure, including guests that do not see the expected APQNs.
 set -euo pipefail
 
@@ -72,6 +73,20 @@ check_apqns() {
 }
 check_apqns "$uuid1" "05.0004 05.00ab 06.0004 06.00ab" Guest1
 check_apqns "$uuid2" "05.0047 05.00ff" Guest2
+
+# The default host's vTPM (seed 002's virtio TPM, libtpms behind it) as a guest uses it:
+# tpm2-tools through the resource manager's character device, then the same PCR in sysfs.
+digest="$(printf 'apfs main job' | sha256sum | cut -d' ' -f1)"
+expected="$(python3 -c 'import hashlib, sys; print(hashlib.sha256(bytes(32) + bytes.fromhex(sys.argv[1])).hexdigest().upper())' "$digest")"
+export TPM2TOOLS_TCTI="device:$MNT/dev/tpmrm0"
+echo "+ TPM2TOOLS_TCTI=device:\$MNT/dev/tpmrm0 tpm2_pcrextend 16:sha256=$digest"
+tpm2_getrandom --hex 16 >/dev/null
+tpm2_pcrextend "16:sha256=$digest"
+tpm2_pcrread sha256:16
+echo "+ cat \$MNT/sys/class/tpm/tpm0/pcr-sha256/16"
+got="$(cat "$MNT/sys/class/tpm/tpm0/pcr-sha256/16")"
+echo "$got"
+[[ "$got" == "$expected" ]] || { echo "main-job: PCR 16 is $got, expected $expected" >&2; exit 1; }
 
 echo "== apfs/log"
 cat "$MNT/apfs/log"
