@@ -1,4 +1,4 @@
-"""``apfs mount`` with a vTPM front end, as an administrator types it, for the interop tests:
+"""``apfs mount`` with a vTPM front end, as an administrator types it, for the TPM tests:
 the mount, the TCTI string it printed, and always an unmount."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class TpmMount:
     tcti: str
     """What ``apfs mount`` printed for ``--tpm-port`` (empty without it)."""
     port: int
+    stdout: str
+    """Everything ``apfs mount`` printed (the TCTI and QEMU lines)."""
 
 
 @contextlib.contextmanager
@@ -33,6 +35,7 @@ def tpm_mount(where: Path, *options: str) -> Iterator[TpmMount]:
     assert done.returncode == 0, done.stderr
     try:
         match = _TCTI.search(done.stdout)
-        yield TpmMount(Mount(root), match[1] if match else "", int(match[2]) if match else 0)
+        yield TpmMount(Mount(root), match[1] if match else "", int(match[2]) if match else 0,
+                       done.stdout)
     finally:
         unmount(Mount(root))

@@ -1,13 +1,12 @@
 """Crash consistency of ``--state``: SIGKILL the daemon mid-write, again and again.
 
-Each cycle starts the daemon directly (``python -m apfs.daemon --ready-fd``, what ``apfs
-mount`` runs, minus the CLI's own start-up), checks the restarted mount, then lets a writer
-send random accepted and refused writes (:mod:`workload`) while a second thread SIGKILLs the
-daemon at a random moment.  An in-process model is fed the same writes: an acknowledged
-write must be accepted by the model too, a refused one refused by it.  After the restart the
-mount must equal the model, except that the one write in flight when the daemon died may be
-either applied or not; and the invariants must hold (no APQN in two mdevs, no queue bound to
-two drivers).
+Each cycle starts the daemon directly (:mod:`killable`), checks the restarted mount, then
+lets a writer send random accepted and refused writes (:mod:`workload`) while a second
+thread SIGKILLs the daemon at a random moment.  An in-process model is fed the same writes:
+an acknowledged write must be accepted by the model too, a refused one refused by it.  After
+the restart the mount must equal the model, except that the one write in flight when the
+daemon died may be either applied or not; and the invariants must hold (no APQN in two
+mdevs, no queue bound to two drivers).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import select
 import signal
 import subprocess
 import threading
@@ -23,48 +21,17 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import apfs
-from helpers import differences, in_proc_mounts, model_snapshot, snapshot
+from helpers import differences, model_snapshot, snapshot
+from killable import DEAD, clear_dead_mount, start_daemon
 from workload import MATRIX, model_write, random_write
 
 from apfs.host import Host, ap_only, load_config
-from apfs.options import daemon_command
 from vdev.ap.host import DEFAULT_HOST_TOML
 
 CYCLES = int(os.environ.get("APFS_CRASH_CYCLES", "200"))
 KILL_WITHIN = 0.12
 """The kill lands uniformly within this many seconds of the writer's start (dozens of writes,
 most of whose time is the state file's fsync()s, so kills land mid-write)."""
-DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
-"""What a write to a mount gets once its daemon is gone."""
-
-
-def start_daemon(root: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
-    # The AP host alone: TPM state is not durable yet, and the model has no vTPM.
-    config = state.parent / "host.toml"
-    config.write_text(DEFAULT_HOST_TOML)
-    read_end, write_end = os.pipe()
-    daemon = subprocess.Popen(
-        [*daemon_command(), "--ready-fd", str(write_end), "--state",
-         str(state), "--log", str(log), "--config", str(config), str(root)],
-        pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    os.close(write_end)
-    try:
-        ready = select.select([read_end], [], [], 20)[0]
-        answer = os.read(read_end, 4096).decode() if ready else "no answer within 20 s"
-    finally:
-        os.close(read_end)
-    if answer != "ready\n":
-        daemon.kill()
-        daemon.wait()
-        raise AssertionError(f"the daemon did not start: {answer!r} (log: {log})")
-    return daemon
-
-
-def clear_dead_mount(root: Path) -> None:
-    """After a SIGKILL the mount answers ENOTCONN: detach it without looking at it."""
-    subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True, check=False)
-    assert not in_proc_mounts(root)
 
 
 def invariants(snap: dict[str, str]) -> list[str]:
@@ -138,13 +105,16 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_write(tmp_path: P
     state = tmp_path / "state"
     log = tmp_path / "daemon.log"
     rng = random.Random(20261130)
+    # The AP host alone: the model has no vTPM (test_tpm_state_crash.py is the TPM's).
+    config = tmp_path / "host.toml"
+    config.write_text(DEFAULT_HOST_TOML)
     model = Host(ap_only(load_config(None)))
     outcome: Counter[str] = Counter()
     daemon: subprocess.Popen[bytes] | None = None
     in_flight: Write | None = None
     try:
         for cycle in range(CYCLES + 1):
-            daemon = start_daemon(root, state, log)
+            daemon = start_daemon(root, state, log, config)
             where = f"cycle {cycle}, write in flight {in_flight}"
             check_restart(model, snapshot(root), in_flight, where, outcome)
             if cycle == CYCLES:

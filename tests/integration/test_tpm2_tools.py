@@ -1,12 +1,13 @@
 """The issue's tpm2-tools acceptance sequence (:mod:`tpm2_tools`), unmodified tools through
-their TCTIs: against real swtpm (the reference: a failure here is the sequence's fault), and
-against apfs through each front end listed in :data:`APFS_FRONT_ENDS`.
+their TCTIs: against real swtpm (the reference: a failure there is the sequence's fault), and
+against apfs through each of the issue's four TCTIs (:data:`TCTIS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -35,13 +36,6 @@ def swtpm_tcti(tmp_path: Path) -> Iterator[str]:
         yield tpm.tcti
 
 
-def test_acceptance_sequence_against_swtpm(swtpm_tcti: str, tmp_path: Path) -> None:
-    start = time.perf_counter()
-    tools = run_acceptance(swtpm_tcti, tmp_path / "work")
-    print(f"swtpm: acceptance sequence {time.perf_counter() - start:.2f} s, "
-          f"slowest tools: {sorted(tools.seconds.items(), key=lambda kv: -kv[1])[:3]}")
-
-
 def test_the_sequence_detects_a_wrong_pcr_value(swtpm_tcti: str, tmp_path: Path) -> None:
     """The checks can fail: a PCR extended behind the sequence's back is noticed, and a
     failing tool is reported with its command line and stderr."""
@@ -53,39 +47,60 @@ def test_the_sequence_detects_a_wrong_pcr_value(swtpm_tcti: str, tmp_path: Path)
         tools.run("tpm2_pcrextend", "17:sha256=" + "11" * 32)  # locality 0 may not
 
 
-# -- apfs through its front ends ---------------------------------------------------------
+# -- one matrix: the reference and every way tpm2-tools reach apfs's TPM -----------------
 
 
 @dataclass(frozen=True)
-class FrontEnd:
-    open: Callable[[Path], AbstractContextManager[tuple[Path, str]]]
-    """Given a tmp dir, a context that mounts the default host (one vTPM, started) and
-    gives (mount root, the TCTI string that reaches its tpm0); it unmounts at exit."""
+class Tcti:
+    open: Callable[[Path], AbstractContextManager[tuple[Path | None, str]]]
+    """Given a tmp dir, a context that starts a fresh TPM and gives (the mount root, or
+    None for the reference; the TCTI string that reaches it); it stops the TPM at exit."""
     resource_manager: bool = False
 
 
 @contextlib.contextmanager
-def _tcp(protocol: str, tmp: Path) -> Iterator[tuple[Path, str]]:
+def _reference(tmp: Path) -> Iterator[tuple[Path | None, str]]:
+    with swtpm_tcp(tmp / "swtpm-state") as tpm:
+        yield None, tpm.tcti
+
+
+@contextlib.contextmanager
+def _tcp(protocol: str, tmp: Path) -> Iterator[tuple[Path | None, str]]:
     with tpm_mount(tmp, "--tpm-port", "0", "--tpm-protocol", protocol) as mounted:
+        assert mounted.tcti.startswith(f"{protocol}:"), mounted.stdout
         yield mounted.mount.root, mounted.tcti
 
 
-APFS_FRONT_ENDS: dict[str, FrontEnd] = {
-    "swtpm-tcp": FrontEnd(functools.partial(_tcp, "swtpm")),
-    "mssim-tcp": FrontEnd(functools.partial(_tcp, "mssim")),
+@contextlib.contextmanager
+def _device(node: str, tmp: Path) -> Iterator[tuple[Path | None, str]]:
+    with tpm_mount(tmp) as mounted:
+        yield mounted.mount.root, f"device:{mounted.mount.root}/dev/{node}"
+
+
+TCTIS: dict[str, Tcti] = {
+    "swtpm-reference": Tcti(_reference),
+    "apfs-swtpm-tcp": Tcti(functools.partial(_tcp, "swtpm")),
+    "apfs-mssim-tcp": Tcti(functools.partial(_tcp, "mssim")),
+    "apfs-device-tpm0": Tcti(functools.partial(_device, "tpm0")),
+    "apfs-device-tpmrm0": Tcti(functools.partial(_device, "tpmrm0"), resource_manager=True),
 }
-"""The parametrisation hook: every way tpm2-tools reach apfs's TPM.  The character devices
-(branch ``devnodes``) join at merge as a mount of the default host with
-``device:ROOT/dev/tpm0`` and ``device:ROOT/dev/tpmrm0`` (``resource_manager=True``)."""
+"""The issue's four TCTIs to apfs, and real swtpm through its own: a failure on apfs's
+with a pass on the reference points at apfs."""
 
 
-@pytest.mark.parametrize("front_end", sorted(APFS_FRONT_ENDS))
-def test_acceptance_sequence_against_apfs(front_end: str, tmp_path: Path) -> None:
-    chosen = APFS_FRONT_ENDS[front_end]
-    with chosen.open(tmp_path / "apfs") as (root, tcti):
+@pytest.mark.parametrize("name", list(TCTIS))
+def test_acceptance_sequence(name: str, tmp_path: Path) -> None:
+    """The whole sequence, then a PCR extended to a non-trivial value: every
+    ``pcr-<bank>/N`` of the mount equals tpm2_pcrread through the same TCTI (the reference
+    has no sysfs: it reads its PCR back)."""
+    chosen = TCTIS[name]
+    with chosen.open(tmp_path / "tpm") as (root, tcti):
         start = time.perf_counter()
         tools = run_acceptance(tcti, tmp_path / "work", resource_manager=chosen.resource_manager)
-        print(f"apfs {front_end}: acceptance sequence {time.perf_counter() - start:.2f} s, "
+        print(f"{name}: acceptance sequence {time.perf_counter() - start:.2f} s, "
               f"slowest tools: {sorted(tools.seconds.items(), key=lambda kv: -kv[1])[:3]}")
-        tools.run("tpm2_pcrextend", "16:sha256=" + "5a" * 32)  # a non-trivial value to see
-        assert_sysfs_pcrs_match(root / "sys/class/tpm/tpm0", tcti)
+        tools.run("tpm2_pcrextend", "16:sha256=" + "5a" * 32)
+        expected = hashlib.sha256(bytes(32) + b"\x5a" * 32).digest()
+        assert tools.pcrread("sha256:16")["sha256"][16] == expected
+        if root is not None:
+            assert_sysfs_pcrs_match(root / "sys/class/tpm/tpm0", tcti)

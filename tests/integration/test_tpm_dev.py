@@ -1,8 +1,9 @@
 """MOUNT/dev/tpm0 and MOUNT/dev/tpmrm0 on real mounts, driven as users drive the devices.
 
 System calls (os.open/write/read/pread) for the kernel's errno table, bash ``exec 3<>`` for
-what a shell sees, unmodified tpm2-tools through the device TCTI, and two tpm2-pytss ESAPI
-processes for the resource manager.  The TPM itself is inspected through ``dev/tpm0``.
+what a shell sees, and two tpm2-pytss ESAPI processes for the resource manager (the
+tpm2-tools acceptance sequence through the device TCTI is test_tpm2_tools.py's).  The TPM
+itself is inspected through ``dev/tpm0``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Mount, MountFactory
-from tpm2_tools import assert_sysfs_pcrs_match, run_acceptance
+from tpm2_tools import run_acceptance
 
 from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.tpm import commands as cmd
@@ -198,16 +199,6 @@ def test_a_shell_drives_tpm0_with_exec(mount: Mount) -> None:
         " 80 01 00 00 00 14 00 00 00 00", "10", "second open refused", "reopened"]
     assert "dev/tpm0: Device or resource busy" in shell.stderr
     assert "write error: Invalid argument" in shell.stderr
-
-
-# -- tpm2-tools through the device TCTI ----------------------------------------------------
-
-
-@pytest.mark.parametrize("node", ["tpm0", "tpmrm0"])
-def test_tpm2_tools_acceptance_sequence(mount: Mount, tmp_path: Path, node: str) -> None:
-    tcti = f"device:{mount.root}/dev/{node}"
-    run_acceptance(tcti, tmp_path / node, resource_manager=node == "tpmrm0")
-    assert_sysfs_pcrs_match(mount.root / "sys/class/tpm/tpm0", tcti)
 
 
 # -- the resource manager: two processes, each its own space --------------------------------

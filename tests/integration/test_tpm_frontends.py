@@ -1,6 +1,7 @@
 """The vTPM's socket front ends on real mounts, driven by real clients: ``apfs mount
 --tpm-port 0 [--tpm-protocol mssim] [--tpm-socket PATH]`` as an administrator types it, the
-TCTI string it prints, then tpm2-tools, tpm2-pytss, raw sockets playing QEMU, and garbage.
+TCTI string it prints, then tpm2-pytss, raw sockets playing QEMU, and garbage.  The
+tpm2-tools acceptance sequence over these TCTIs is test_tpm2_tools.py's.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import socket
 import struct
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import apfs, unmount
+from apfs_tpm import TpmMount, tpm_mount
+from conftest import apfs
 from helpers import daemon_pid, wait_until
-from tpm2_tools import assert_sysfs_pcrs_match, run_acceptance
 
-from apfs.testing import Mount
 from vdev.tpm import commands
 from vdev.tpm import swtpm as sw
 
@@ -29,46 +28,19 @@ READ_CLOCK = bytes.fromhex("80010000000a00000181")
 TIMEOUT = 30.0
 
 
-@dataclass
-class TpmMount:
-    mount: Mount
-    port: int
-    tcti: str
-    stdout: str
-    log_file: Path
-
-
-def mount_with(tmp_path: Path, *options: str) -> TpmMount:
-    root = tmp_path / "mnt"
-    root.mkdir()
-    log_file = tmp_path / "daemon.log"
-    done = apfs("mount", *options, "--log", str(log_file), str(root))
-    assert done.returncode == 0, done.stderr
-    match = re.search(r"^TPM2TOOLS_TCTI=(\w+:host=127\.0\.0\.1,port=(\d+))$", done.stdout,
-                      re.MULTILINE)
-    port = int(match[2]) if match else 0
-    return TpmMount(Mount(root), port, match[1] if match else "", done.stdout, log_file)
-
-
 @pytest.fixture(params=["swtpm", "mssim"])
 def tcp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TpmMount]:
     """A default-host mount serving tpm0 on a free port pair in either protocol."""
-    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-protocol", request.param)
-    try:
+    with tpm_mount(tmp_path, "--tpm-port", "0", "--tpm-protocol", request.param) as mounted:
         assert mounted.tcti.startswith(request.param + ":"), mounted.stdout
         yield mounted
-    finally:
-        unmount(mounted.mount)
 
 
 @pytest.fixture
 def qemu_socket(tmp_path: Path) -> Iterator[tuple[TpmMount, Path]]:
     path = tmp_path / "tpm.sock"
-    mounted = mount_with(tmp_path, "--tpm-socket", str(path))
-    try:
+    with tpm_mount(tmp_path, "--tpm-socket", str(path)) as mounted:
         yield mounted, path
-    finally:
-        unmount(mounted.mount)
 
 
 def connect(port: int) -> socket.socket:
@@ -121,15 +93,6 @@ def test_apfs_mount_prints_the_tcti_string_and_help_teaches_the_options() -> Non
     for words in ("--tpm-port PORT", "TPM2TOOLS_TCTI", "--tpm-protocol NAME", "mssim",
                   "--tpm-socket PATH", "-tpmdev emulator", "CMD_SET_DATAFD"):
         assert words in text, words
-
-
-def test_tpm2_tools_acceptance_sequence_over_the_tcti(tcp: TpmMount, tmp_path: Path) -> None:
-    """The issue's whole tpm2-tools sequence (the interop engineer's module), then the sysfs
-    PCR files equal tpm2_pcrread through the same TCTI."""
-    run_acceptance(tcp.tcti, tmp_path / "work")
-    subprocess.run(["tpm2_pcrextend", "-T", tcp.tcti, "16:sha256=" + "5a" * 32], check=True,
-                   timeout=TIMEOUT)
-    assert_sysfs_pcrs_match(tcp.mount.root / "sys/class/tpm/tpm0", tcp.tcti)
 
 
 def test_tpm2_pytss_esapi_session_over_the_tcti(tcp: TpmMount) -> None:
@@ -189,8 +152,7 @@ def test_swtpm_data_port_answers_a_size_field_that_disagrees_as_swtpm_does(
     """swtpm processes what one read returned: the TPM answers TPM_RC_COMMAND_SIZE at once
     for a size field of 0, 4, 0xffffffff or beyond the bytes sent, and the connection goes
     on."""
-    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-protocol", "swtpm")
-    try:
+    with tpm_mount(tmp_path, "--tpm-port", "0", "--tpm-protocol", "swtpm") as mounted:
         command = commands.get_random(8)
         with connect(mounted.port) as sock:
             for size in (0, 4, 0xFFFFFFFF, 4000):
@@ -199,8 +161,6 @@ def test_swtpm_data_port_answers_a_size_field_that_disagrees_as_swtpm_does(
                 assert commands.response_code(response) == commands.TPM_RC_COMMAND_SIZE, size
             assert commands.response_code(tpm_round_trip(sock, "swtpm", command)) == 0
         assert not log_lines(mounted, "closed")
-    finally:
-        unmount(mounted.mount)
 
 
 def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
@@ -222,8 +182,7 @@ def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
 
 def test_sigterm_closes_the_servers(tmp_path: Path) -> None:
     path = tmp_path / "tpm.sock"
-    mounted = mount_with(tmp_path, "--tpm-port", "0", "--tpm-socket", str(path))
-    try:
+    with tpm_mount(tmp_path, "--tpm-port", "0", "--tpm-socket", str(path)) as mounted:
         assert path.is_socket()
         pid = daemon_pid(mounted.mount.root)
         assert pid is not None
@@ -231,8 +190,6 @@ def test_sigterm_closes_the_servers(tmp_path: Path) -> None:
         assert wait_until(lambda: not path.exists(), timeout=10), "socket file left behind"
         with pytest.raises(OSError):
             connect(mounted.port).close()
-    finally:
-        unmount(mounted.mount)
 
 
 def test_a_taken_port_or_socket_path_is_refused_naming_it(tmp_path: Path) -> None:

@@ -1,98 +1,116 @@
-"""Crash consistency of ``--state`` for a vTPM: SIGKILL during a stream of NV writes.
+"""Crash consistency of ``--state`` for a vTPM: SIGKILL the daemon during a stream of NV
+writes, again and again.
 
-Each cycle starts a process that builds the daemon's host from the state directory
-(``apfs.host.build_host``, the code ``apfs mount --state`` runs before serving: state loaded,
-every change of the TPM's permanent state saved before its response is passed on), reads the
-NV index, then writes increasing counters to it with NV_Write through ``VTpm.transmit`` (the
-path every TPM front end takes) and reports each acknowledged write.  It is SIGKILLed at a
-random moment.  The next cycle must find at least the last acknowledged counter, and at most
-the one write that was in flight.  This branch has no TPM front end on the mount yet; with
-``MOUNT/dev/tpm0`` the writer becomes a client of the real daemon and nothing else changes.
+Each cycle starts the daemon (:mod:`killable`) on the same state directory, reads the NV
+index through ``MOUNT/dev/tpm0``, then writes increasing counters to it with raw NV_Write
+commands on that file while a timer SIGKILLs the daemon at a random moment.  A write is
+acknowledged when the read of its response returned TPM_RC_SUCCESS.  The restarted daemon
+must show the last acknowledged counter or the one write in flight, never less, never
+anything else (a torn state would fail the mount or the read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
+from conftest import apfs
+from killable import DEAD, clear_dead_mount, start_daemon
+
+from vdev.tpm import commands as cmd
 from vdev.tpm.libtpms import libtpms
 
-CYCLES = int(os.environ.get("APFS_TPM_CRASH_CYCLES", "60"))
-KILL_WITHIN = 0.08
-"""The kill lands uniformly within this many seconds of the writer's first report: dozens
-of NV writes, each mostly the state file's two fsync()s."""
-
-WRITER = """
-import struct, sys
-from pathlib import Path
-from apfs.host import build_host
-from vdev.tpm import commands as cmd
-
+CYCLES = int(os.environ.get("APFS_TPM_CRASH_CYCLES", "50"))
+KILL_WITHIN = 0.15
+"""The kill lands uniformly within this many seconds of the first write: dozens of NV
+writes, each mostly the state file's fsync()s, so kills land mid-write."""
 INDEX = 0x01000030
-tpm = build_host(None, None, Path(sys.argv[1])).tpms["tpm0"]
-response = tpm.transmit(cmd.nv_read(INDEX, INDEX, 8))
-if cmd.response_code(response) == cmd.TPM_RC_SUCCESS:
-    value = struct.unpack(">q", cmd.parse_nv_read(response))[0]
-else:  # not defined yet (or defined but never written)
-    if cmd.response_code(response) != 0x14A:  # TPM_RC_NV_UNINITIALIZED
-        define = cmd.nv_define_space(cmd.TPM_RH_OWNER, INDEX, 8, cmd.NV_ORDINARY_OWNER)
-        assert cmd.response_code(tpm.transmit(define)) == 0
-    value = -1
-print("have", value, flush=True)
-while True:
-    value += 1
-    rc = cmd.response_code(tpm.transmit(cmd.nv_write(INDEX, INDEX, struct.pack(">q", value))))
-    assert rc == 0, hex(rc)
-    print("ack", value, flush=True)
-"""
+TPM_RC_NV_UNINITIALIZED = 0x14A
 
 libtpms()
 
 
-def run_cycle(state: Path, rng: random.Random) -> tuple[int, list[int]]:
-    """Start a writer, kill it at a random moment; (counter it found, counters acked)."""
-    errors = state.parent / "writer.err"
-    with open(errors, "wb") as err:
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(state)],
-                                  stdout=subprocess.PIPE, stderr=err, text=True)
-    assert writer.stdout is not None
-    with writer.stdout:
-        first = writer.stdout.readline()
-        if not first.startswith("have "):
-            writer.kill()
-            writer.wait()
-            raise AssertionError(f"writer failed: {first!r} {errors.read_text()}")
-        killer = threading.Timer(rng.uniform(0, KILL_WITHIN), writer.send_signal,
-                                 (signal.SIGKILL,))
-        killer.start()
-        output = writer.stdout.read()  # through the same buffer as the first line
-    killer.join()
-    assert writer.wait() == -signal.SIGKILL, errors.read_text()
-    # Only whole lines: an "ack" cut off by the kill was never a complete report.
-    acked = [int(line.split()[1]) for line in output.split("\n")[:-1]]
-    return int(first.split()[1]), acked
+def transmit(fd: int, command: bytes) -> bytes:
+    """One command on an open ``dev/tpm0``: write it, read its whole response."""
+    os.write(fd, command)
+    return os.read(fd, 4096)
 
 
-def test_every_acknowledged_nv_write_survives_sigkill(tmp_path: Path) -> None:
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
-    state = tmp_path / "state"
-    last_acked = -1
-    kills_mid_stream = 0
-    for cycle in range(CYCLES + 1):
-        found, acked = run_cycle(state, rng)
-        assert last_acked <= found <= last_acked + 1, (
-            f"cycle {cycle}: found counter {found}, last acknowledged {last_acked}")
-        if acked:
-            assert acked == list(range(found + 1, acked[-1] + 1))
-            last_acked = acked[-1]
-            kills_mid_stream += 1
-        else:
-            last_acked = found
+def read_counter(fd: int) -> int | None:
+    """The counter in the NV index; None before its first write."""
+    response = transmit(fd, cmd.nv_read(INDEX, INDEX, 8))
+    if cmd.response_code(response) == TPM_RC_NV_UNINITIALIZED:
+        return None
+    assert cmd.response_code(response) == 0, f"NV_Read: {response.hex()}"
+    return struct.unpack(">q", cmd.parse_nv_read(response))[0]
+
+
+def write_until_dead(fd: int, first: int) -> int:
+    """NV_Write ``first``, ``first + 1``, ... until the daemon is gone; returns the counter
+    in flight then (every smaller one was acknowledged)."""
+    value = first
+    while True:
+        try:
+            response = transmit(fd, cmd.nv_write(INDEX, INDEX, struct.pack(">q", value)))
+        except OSError as exc:
+            assert exc.errno in DEAD, exc
+            return value
+        assert cmd.response_code(response) == 0, f"NV_Write {value}: {response.hex()}"
+        value += 1
+
+
+def test_every_acknowledged_nv_write_survives_sigkill_of_the_daemon(tmp_path: Path) -> None:
+    root = tmp_path / "mnt"
+    root.mkdir()
+    state, log = tmp_path / "state", tmp_path / "daemon.log"
+    seed = int.from_bytes(os.urandom(4), "big")
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    last_acked: int | None = None
+    in_flight: int | None = None
+    in_flight_applied = kills_mid_stream = 0
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        for cycle in range(CYCLES + 1):
+            daemon = start_daemon(root, state, log)
+            fd = os.open(root / "dev/tpm0", os.O_RDWR)
+            if cycle == 0:
+                define = cmd.nv_define_space(cmd.TPM_RH_OWNER, INDEX, 8, cmd.NV_ORDINARY_OWNER)
+                assert cmd.response_code(transmit(fd, define)) == 0
+            found = read_counter(fd)
+            if cycle > 0:
+                assert found in (last_acked, in_flight), (
+                    f"cycle {cycle}: found {found}, last acknowledged {last_acked}, "
+                    f"in flight {in_flight}")
+                in_flight_applied += found == in_flight
+            if cycle == CYCLES:
+                os.close(fd)
+                break
+            killer = threading.Timer(rng.uniform(0, KILL_WITHIN), daemon.kill)
+            killer.start()
+            first = 0 if found is None else found + 1
+            in_flight = write_until_dead(fd, first)
+            last_acked = in_flight - 1 if in_flight > first else found
+            kills_mid_stream += in_flight > first
+            killer.join()
+            with contextlib.suppress(OSError):  # the file of a dead mount
+                os.close(fd)
+            assert daemon.wait(timeout=10) == -signal.SIGKILL
+            clear_dead_mount(root)
+        assert apfs("umount", str(root)).returncode == 0
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        clear_dead_mount(root)
+    print(f"\n{CYCLES} SIGKILLs of the daemon: {last_acked} NV writes acknowledged, "
+          f"{kills_mid_stream} kills after one, the write in flight applied "
+          f"{in_flight_applied} times")
     # The kills landed while writes were flowing (a test that could not fail otherwise).
     assert kills_mid_stream >= CYCLES // 2, kills_mid_stream
-    assert last_acked > CYCLES
