@@ -13,12 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.tpm_helpers import require_libtpms
-from vdev.errors import DeviceError
+from tests.unit.tpm_helpers import refused, require_libtpms
 from vdev.tpm import commands as cmd
 from vdev.tpm.chardev import TPM_BUFSIZE, USER_READ_TIMEOUT, TpmFile
-from vdev.tpm.config import TpmConfig
-from vdev.tpm.vtpm import VTpm, open_engine
+from vdev.tpm.vtpm import VTpm
 
 require_libtpms()
 
@@ -27,26 +25,10 @@ GET_RANDOM_8_REPLY = 10 + 2 + 8
 
 
 @pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = VTpm(TpmConfig("tpm0"), 0, open_engine())
-    try:
-        tpm.boot()
-        yield tpm
-    finally:
-        tpm.close()
-
-
-@pytest.fixture
 def tpm0(vtpm: VTpm) -> Iterator[TpmFile]:
     file = vtpm.open_tpm()
     yield file
     file.release()
-
-
-def refused(call, *args) -> DeviceError:
-    with pytest.raises(DeviceError) as caught:
-        call(*args)
-    return caught.value
 
 
 def test_a_command_is_written_whole_and_its_response_read_in_pieces(tpm0: TpmFile) -> None:

@@ -16,32 +16,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.unit.tpm_helpers import ok, require_libtpms
-from vdev.errors import DeviceError
+from tests.unit.tpm_helpers import booted, ok, refused, require_libtpms
 from vdev.tpm import commands as cmd
 from vdev.tpm.config import TpmConfig
-from vdev.tpm.vtpm import VTpm, open_engine
+from vdev.tpm.vtpm import VTpm
 
 require_libtpms()
 
 INDEX = 0x01000020
-
-
-def booted(config: TpmConfig) -> VTpm:
-    tpm = VTpm(config, 0, open_engine())
-    try:
-        tpm.boot()
-    except BaseException:
-        tpm.close()
-        raise
-    return tpm
-
-
-@pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = booted(TpmConfig("tpm0"))
-    yield tpm
-    tpm.close()
 
 
 @pytest.fixture
@@ -50,12 +32,6 @@ def other() -> Iterator[VTpm]:
     tpm = booted(TpmConfig("other"))
     yield tpm
     tpm.close()
-
-
-def refused(call, *args) -> DeviceError:
-    with pytest.raises(DeviceError) as caught:
-        call(*args)
-    return caught.value
 
 
 def pcr(tpm: VTpm, index: int) -> bytes:

@@ -4,31 +4,19 @@ and platform code, requests split anywhere, what closes a connection."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
 from tests.unit.tpm_helpers import ok, require_libtpms
 from vdev.tpm import commands
 from vdev.tpm import mssim as ms
-from vdev.tpm.config import TpmConfig
 from vdev.tpm.frontend import Reply
-from vdev.tpm.vtpm import VTpm, open_engine
+from vdev.tpm.vtpm import VTpm
 
 require_libtpms()
 
 U32 = struct.Struct(">I")
 ACK = bytes(4)
-
-
-@pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = VTpm(TpmConfig("tpm0"), 0, open_engine())
-    try:
-        tpm.boot()
-        yield tpm
-    finally:
-        tpm.close()
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ import errno
 import os
 import struct
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from tests.unit.tpm_helpers import ok, require_libtpms
 from vdev.errors import DeviceError
 from vdev.tpm import commands as cmd
-from vdev.tpm.config import TpmConfig
 from vdev.tpm.space import (
     ATTR_RHANDLE,
     TPM_CC_CONTEXT_LOAD,
@@ -27,7 +25,7 @@ from vdev.tpm.space import (
     CommandTable,
     Space,
 )
-from vdev.tpm.vtpm import VTpm, open_engine
+from vdev.tpm.vtpm import VTpm
 
 require_libtpms()
 
@@ -36,16 +34,6 @@ TPM_CC_READ_PUBLIC = 0x173
 TPM_CC_START_AUTH_SESSION = 0x176
 TPM_RC_OBJECT_MEMORY = 0x902
 TRANSIENT, LOADED_SESSION, SAVED_SESSION = 0x80000000, 0x02000000, 0x03000000
-
-
-@pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = VTpm(TpmConfig("tpm0"), 0, open_engine())
-    try:
-        tpm.boot()
-        yield tpm
-    finally:
-        tpm.close()
 
 
 class Opener:

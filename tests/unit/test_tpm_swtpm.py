@@ -7,31 +7,19 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator
 
 import pytest
 
 from tests.unit.tpm_helpers import ok, require_libtpms
 from vdev.tpm import commands
 from vdev.tpm import swtpm as sw
-from vdev.tpm.config import TpmConfig
 from vdev.tpm.frontend import Malformed
-from vdev.tpm.vtpm import VTpm, open_engine
+from vdev.tpm.vtpm import VTpm
 
 require_libtpms()
 
 NOT_RUNNING = bytes.fromhex("80010000000a00000101")
 U32 = struct.Struct(">I")
-
-
-@pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = VTpm(TpmConfig("tpm0"), 0, open_engine())
-    try:
-        tpm.boot()
-        yield tpm
-    finally:
-        tpm.close()
 
 
 @pytest.fixture

@@ -5,34 +5,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.tpm_helpers import extended, ok, require_libtpms
-from vdev.errors import DeviceError
+from tests.unit.tpm_helpers import extended, ok, refused, require_libtpms
 from vdev.tpm import commands as cmd
 from vdev.tpm.config import TpmConfig
 from vdev.tpm.engine import Tpm
 from vdev.tpm.vtpm import VTpm, open_engine
 
 require_libtpms()
-
-
-@pytest.fixture
-def vtpm() -> Iterator[VTpm]:
-    tpm = VTpm(TpmConfig("tpm0"), 0, open_engine())
-    try:
-        tpm.boot()
-        yield tpm
-    finally:
-        tpm.close()
-
-
-def refused(call, *args) -> DeviceError:
-    with pytest.raises(DeviceError) as caught:
-        call(*args)
-    return caught.value
 
 
 def test_boot_starts_the_tpm_and_finds_the_default_banks(vtpm: VTpm) -> None:

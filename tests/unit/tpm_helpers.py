@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from vdev.errors import DeviceError
 from vdev.tpm import commands
+from vdev.tpm.config import TpmConfig
 from vdev.tpm.engine import TpmEngine
 from vdev.tpm.errors import TpmUnavailable
 from vdev.tpm.libtpms import libtpms
+from vdev.tpm.vtpm import VTpm, open_engine
 
 
 def require_libtpms() -> None:
@@ -61,3 +64,21 @@ def cancelled_rsa_primary(tpm: TpmEngine) -> int:
         tpm.cancel()
         thread.join(0.005)
     return commands.response_code(responses[0])
+
+
+def booted(config: TpmConfig) -> VTpm:
+    """A vTPM of ``config``, booted as at mount; closed again if its boot fails."""
+    tpm = VTpm(config, 0, open_engine())
+    try:
+        tpm.boot()
+    except BaseException:
+        tpm.close()
+        raise
+    return tpm
+
+
+def refused(call: Callable[..., object], *args: object) -> DeviceError:
+    """The DeviceError ``call(*args)`` raises."""
+    with pytest.raises(DeviceError) as caught:
+        call(*args)
+    return caught.value
