@@ -322,19 +322,16 @@ class SysfsOperations(pyfuse3.Operations):
 
     def read(self, fh: int, offset: int, size: int) -> Any:
         opened = self._live(fh)
-        if opened.queue is not None and not opened.device:
-            if self._would_wait(opened.queue):
-                return self._queued_read(opened, offset, size)
-            try:
-                with NO_WAIT:
-                    return opened.handle.read(offset, size)
-            except WouldWait:  # a socket front end's command got the TPM first
-                return self._queued_read(opened, offset, size)
-            except DeviceError as exc:
-                self._on_refusal(self.tree.path_of(opened.found), None, exc)
-                raise
+        queue = opened.queue
+        if queue is not None and not opened.device and self._would_wait(queue):
+            return self._queued_read(opened, offset, size)
         try:
-            return opened.handle.read(offset, size)
+            if queue is None:
+                return opened.handle.read(offset, size)
+            with NO_WAIT:
+                return opened.handle.read(offset, size)
+        except WouldWait:  # a socket front end's command got the TPM first
+            return self._queued_read(opened, offset, size)
         except DeviceError as exc:
             # A show() that fails (a PCR read of a powered-off TPM) is logged like a refusal.
             self._on_refusal(self.tree.path_of(opened.found), None, exc)
@@ -342,19 +339,17 @@ class SysfsOperations(pyfuse3.Operations):
 
     def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
-        if opened.queue is not None:
-            if not (opened.device and self._quick(opened, data)):
-                return self._queued_write(opened, offset, data)
-            try:
-                with NO_WAIT:
-                    return opened.handle.write(offset, data)
-            except WouldWait:  # a socket front end's command got the TPM first
-                return self._queued_write(opened, offset, data)
-            except DeviceError as exc:
-                self._on_refusal(self.tree.path_of(opened.found), data, exc)
-                raise
+        queue = opened.queue
+        if queue is not None and not (opened.device and self._quick(opened, data)):
+            return self._queued_write(opened, offset, data)
         try:
-            written = opened.handle.write(offset, data)
+            if queue is None:
+                written = opened.handle.write(offset, data)
+            else:
+                with NO_WAIT:
+                    written = opened.handle.write(offset, data)
+        except WouldWait:  # a socket front end's command got the TPM first
+            return self._queued_write(opened, offset, data)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), data, exc)
             raise

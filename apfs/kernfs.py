@@ -110,10 +110,31 @@ class FileSpec(Protocol):
     def open(self, obj: Any) -> Handle: ...
 
 
+class _SnapshotReader:
+    """An open attribute whose content is made at the first read, whatever its offset, and at
+    every read at offset 0, then kept as this open file's snapshot: a reader walking the
+    file in pieces sees one consistent content."""
+
+    __slots__ = ("_attr", "_obj", "_snapshot")
+
+    def __init__(self, attr: Any, obj: Any) -> None:
+        self._attr = attr
+        self._obj = obj
+        self._snapshot: bytes | None = None
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset == 0 or self._snapshot is None:
+            self._snapshot = self._content()
+        return self._snapshot[offset : offset + size]
+
+    def _content(self) -> bytes:
+        raise NotImplementedError
+
+
 # --- text attributes ----------------------------------------------------------------------
 
 
-class TextHandle:
+class TextHandle(_SnapshotReader):
     """An open sysfs text attribute (fs/kernfs/file.c semantics).
 
     ``show()`` runs at the first read of an open file, whatever its offset, and at every read
@@ -123,19 +144,13 @@ class TextHandle:
     buffer, whatever the offset.
     """
 
-    __slots__ = ("_attr", "_obj", "_snapshot")
+    __slots__ = ()
+    _attr: Attr
 
-    def __init__(self, attr: Attr, obj: Any) -> None:
-        self._attr = attr
-        self._obj = obj
-        self._snapshot: bytes | None = None
-
-    def read(self, offset: int, size: int) -> bytes:
-        if offset == 0 or self._snapshot is None:
-            assert self._attr.show is not None
-            # seq_file gives show() one page; the kernel keeps at most PAGE_SIZE - 1 bytes.
-            self._snapshot = self._attr.show(self._obj).encode()[: PAGE_SIZE - 1]
-        return self._snapshot[offset : offset + size]
+    def _content(self) -> bytes:
+        assert self._attr.show is not None
+        # seq_file gives show() one page; the kernel keeps at most PAGE_SIZE - 1 bytes.
+        return self._attr.show(self._obj).encode()[: PAGE_SIZE - 1]
 
     def write(self, offset: int, data: bytes) -> int:
         if not data:
@@ -282,24 +297,18 @@ BinRead = Callable[[Any], bytes]
 BinWrite = Callable[[Any, int, bytes], None]
 
 
-class BinaryHandle:
+class BinaryHandle(_SnapshotReader):
     """An open binary attribute: ``read(obj)`` is snapshotted at the first read and at every
     read at offset 0 (one consistent blob for a reader in pieces); each ``write()`` is one
     ``write(obj, offset, data)`` with the bytes as they are (no NUL cut, no page limit), as
     the kernel hands a bin_attribute's write its buffer and offset."""
 
-    __slots__ = ("_attr", "_obj", "_snapshot")
+    __slots__ = ()
+    _attr: Binary
 
-    def __init__(self, attr: Binary, obj: Any) -> None:
-        self._attr = attr
-        self._obj = obj
-        self._snapshot: bytes | None = None
-
-    def read(self, offset: int, size: int) -> bytes:
-        if offset == 0 or self._snapshot is None:
-            assert self._attr.read is not None
-            self._snapshot = self._attr.read(self._obj)
-        return self._snapshot[offset : offset + size]
+    def _content(self) -> bytes:
+        assert self._attr.read is not None
+        return self._attr.read(self._obj)
 
     def write(self, offset: int, data: bytes) -> int:
         if data:

@@ -65,10 +65,13 @@ endian) sizes and the first four bytes of the command / response code."""
 
 class _Port:
     """A buffer of what arrived, read by ``u32``/bytes in order; :meth:`_take` returns None
-    until enough has arrived, leaving the buffer as it was."""
+    until enough has arrived, leaving the buffer as it was.  ``sizes`` is the record both
+    ports of one server share (GET_COMMAND_RESPONSE_SIZES reads what the command port
+    wrote)."""
 
-    def __init__(self, tpm: VTpm) -> None:
+    def __init__(self, tpm: VTpm, sizes: CommandSizes) -> None:
         self.tpm = tpm
+        self.sizes = sizes
         self._buffer = bytearray()
 
     def receive(self, data: bytes) -> list[Reply]:
@@ -127,10 +130,6 @@ class CommandSizes:
 
 class CommandPort(_Port):
     """One connection to the command port."""
-
-    def __init__(self, tpm: VTpm, sizes: CommandSizes) -> None:
-        super().__init__(tpm)
-        self.sizes = sizes
 
     def _next(self) -> Reply | None:
         code = self._u32(0)
@@ -201,10 +200,6 @@ class CommandPort(_Port):
 
 class PlatformPort(_Port):
     """One connection to the platform port."""
-
-    def __init__(self, tpm: VTpm, sizes: CommandSizes) -> None:
-        super().__init__(tpm)
-        self.sizes = sizes
 
     def _next(self) -> Reply | None:
         code = self._u32(0)
