@@ -269,6 +269,18 @@ def test_secret_is_accepted_by_launch_secret_and_lands_in_guest_memory(
     assert plain[40:68] == b"correct horse battery staple"
 
 
+def test_a_secret_table_of_a_multiple_of_16_gets_16_zero_bytes_as_sevctl_pads(
+    capsys: pytest.CaptureFixture[str], owner_dir: Path
+) -> None:
+    """sevctl's build_table pads ``16 - len % 16``: 20 + (20 + 24) = 64 bytes become 80."""
+    (owner_dir / "secret").write_bytes(b"s" * 24)
+    status, _, _ = apfs(capsys, "secret", "--tik", KEY_B64, "--tek", KEY_B64,
+                        "--launch-measure-blob", base64.b64encode(bytes(48)).decode(),
+                        "--secret", f"{uuid.UUID(int=1)}:secret", "header", "payload")
+    assert status == 0
+    assert len((owner_dir / "payload").read_bytes()) == 80
+
+
 def test_secret_refusals_name_the_entry(
     capsys: pytest.CaptureFixture[str], owner_dir: Path
 ) -> None:

@@ -200,13 +200,14 @@ def verify_measurement(
 
 def secret_table(entries: Mapping[uuid.UUID, bytes]) -> bytes:
     """sevctl's secret table: header GUID, u32 total length (without padding), entries
-    ``GUID | u32 (20 + len) | data``; zero-padded to a multiple of 16."""
+    ``GUID | u32 (20 + len) | data``; then 1 to 16 zero bytes up to a multiple of 16 (sevctl
+    pads ``16 - len % 16``: a table already a multiple of 16 gets 16 more)."""
     body = b"".join(
         guid.bytes_le + struct.pack("<I", 16 + 4 + len(data)) + data
         for guid, data in entries.items()
     )
     table = SECRET_TABLE_GUID.bytes_le + struct.pack("<I", 16 + 4 + len(body)) + body
-    return table.ljust(-(-len(table) // BLOCK) * BLOCK, b"\x00")
+    return table + bytes(BLOCK - len(table) % BLOCK)
 
 
 @dataclass(frozen=True)
