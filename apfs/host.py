@@ -2,11 +2,13 @@
 
 The mount root holds ``sys/`` (the sysfs tree, so ``SYSFS_ROOT=<mount>/sys`` works for
 s390-tools) and ``apfs/`` (apfs's own files: ``log``, ``reset``, ``guests/``,
-``zcrypt/request``, ``tpm/<name>/``).
+``zcrypt/request``, ``tpm/<name>/``, ``sev/``).
 
 Beside the AP bus a host has the vTPMs of its ``[[tpm]]`` tables (:mod:`apfs.tpm.tree`),
 booted at mount and closed by :meth:`Host.close`; with ``--state`` each keeps its permanent
-state in a file of its own (:mod:`apfs.tpm.persist`).
+state in a file of its own (:mod:`apfs.tpm.persist`).  With a ``[sev]`` table it has the SEV
+firmware (:mod:`apfs.sev.tree`): its platform keys and ownership are part of the state
+document (``"sev"``), its guests are not.
 
 Two flavors of the same AP bus (:data:`FLAVORS`): the seed's ``ap_matrix`` (2017 RFC) and
 upstream Linux's ``vfio_ap``; each has its bus rules, passthrough model and tree.
@@ -31,8 +33,9 @@ from typing import Any
 from apfs.ap import bus_tree, matrix_tree, vfio_tree
 from apfs.ap.attrs import attribute_files
 from apfs.ap.guests import GuestControl, guests_directory
-from apfs.kernfs import DirKind, Snapshot, Subdir, directory, resolve, wo
+from apfs.kernfs import DirKind, Snapshot, Subdir, Subdirs, directory, resolve, wo
 from apfs.kmsg import KernelLog
+from apfs.sev import tree as sev_tree
 from apfs.state import StateError, StateStore, config_fingerprint
 from apfs.tpm import persist as tpm_persist
 from apfs.tpm import tree as tpm_tree
@@ -46,6 +49,8 @@ from vdev.ap.vfio_ap import LiveGuest, VfioAp, VfioMdev
 from vdev.ap.zcrypt import Zcrypt
 from vdev.errors import DeviceError
 from vdev.kparse import kstrtobool
+from vdev.sev.config import SevConfig, parse_sev_table
+from vdev.sev.node import SevNode
 from vdev.tpm.config import TpmConfig, parse_tpm_tables
 from vdev.tpm.errors import TpmError, TpmLibraryError
 from vdev.tpm.libtpms import libtpms
@@ -61,22 +66,28 @@ DEFAULT_CONFIG_TOML = DEFAULT_HOST_TOML + """
 # One vTPM (libtpms TPM 2.0): sys/class/tpm/tpm0 and apfs/tpm/tpm0/.
 [[tpm]]
 name = "tpm0"
+
+# The SEV firmware (API 0.24, SEV-ES): sys/module/kvm_amd and apfs/sev/.
+[sev]
 """
-"""The embedded default: the seed's AP host and one vTPM.  A file without ``[[tpm]]`` tables
-has no TPM."""
+"""The embedded default: the seed's AP host, one vTPM and SEV.  A file without ``[[tpm]]``
+tables has no TPM; one without ``[sev]`` has no SEV."""
 
 
 @dataclass(frozen=True)
 class MountConfig:
     """What a host TOML describes: the AP host (``[host]``, ``[[card]]``, ``[bindings]``) and
-    the vTPMs (``[[tpm]]``, :mod:`vdev.tpm.config`)."""
+    the vTPMs (``[[tpm]]``, :mod:`vdev.tpm.config`) and the SEV firmware (``[sev]``,
+    :mod:`vdev.sev.config`)."""
 
     host: HostConfig
     tpms: tuple[TpmConfig, ...] = ()
+    sev: SevConfig | None = None
 
 
 def ap_only(config: MountConfig) -> MountConfig:
-    """``config`` without its vTPMs: for models of the AP side alone (tests' replays)."""
+    """``config`` without its vTPMs and SEV: for models of the AP side alone (tests'
+    replays)."""
     return MountConfig(config.host)
 
 
@@ -86,12 +97,14 @@ def load_config(path: str | None, flavor: str | None = None) -> MountConfig:
     text = DEFAULT_CONFIG_TOML if path is None else Path(path).read_text()
     doc = parse_toml(text)
     tables = doc.pop("tpm", [])
+    sev_table = doc.pop("sev", None)
     # Only a table naming a profile needs to know what the installed libtpms offers.
     wants_profile = isinstance(tables, list) and any(
         isinstance(table, dict) and "profile" in table for table in tables)
     tpms = parse_tpm_tables(
         tables, profiles_supported=wants_profile and libtpms().has("TPMLIB_SetProfile"))
-    return MountConfig(HostConfig.from_document(doc, flavor), tpms)
+    sev = None if sev_table is None else parse_sev_table(sev_table)
+    return MountConfig(HostConfig.from_document(doc, flavor), tpms, sev)
 
 
 def build_host(config_path: str | None, flavor: str | None = None,
@@ -127,6 +140,9 @@ class Host:
         self.kmsg = KernelLog()
         self.tpms = _boot_tpms(config.tpms, store)
         """Chip name (``tpm0``) → vTPM, in configuration order."""
+        self.sev_config = config.sev
+        self.sev = SevNode(config.sev) if config.sev is not None and config.sev.enabled else None
+        """The SEV firmware, booted (INIT); None without ``[sev]`` or when it is disabled."""
         self.bus = ApBus(config.host, flavor.bus)
         self.matrix: MdevType = flavor.model(self.bus)
         self.zcrypt = Zcrypt(self.bus)
@@ -159,25 +175,40 @@ class Host:
         self.close()
 
     def export_state(self) -> dict[str, Any]:
-        """Everything writes can change, as plain JSON data (running guests excluded)."""
-        return {"bus": self.bus.export_state(), "matrix": self.matrix.export_state()}
+        """Everything writes can change, as plain JSON data (running guests excluded, SEV
+        guests too); ``sev`` only on a host with the SEV firmware."""
+        state = {"bus": self.bus.export_state(), "matrix": self.matrix.export_state()}
+        if self.sev is not None:
+            state["sev"] = self.sev.export_state()
+        return state
 
     def restore_state(self, state: Any) -> None:
         """Put every model into ``state``; a bad state raises ValueError and changes nothing.
 
-        The matrix part is checked before the bus changes, so neither is half-restored.
+        The matrix and SEV parts are checked before the bus changes, so nothing is
+        half-restored.  A state without ``sev`` (saved by a host without SEV) leaves the SEV
+        platform as it is.
         """
-        state = check.table("state", state, ("bus", "matrix"))
+        sev = check.mapping("state", state).get("sev")
+        state = check.table("state", {k: v for k, v in state.items() if k != "sev"},
+                            ("bus", "matrix"))
+        if sev is not None and self.sev is not None:
+            self.sev.check_state(sev)
         self.matrix.check_state(state["matrix"])
         self.bus.restore_state(state["bus"])
         self.matrix.restore_state(state["matrix"])
+        if sev is not None and self.sev is not None:
+            self.sev.restore_state(sev)
 
     def reset(self) -> None:
         """Back to the configured initial state: guests stopped, mdevs removed, bindings,
         flags and counters as at mount; each vTPM back to the state it booted with at this
-        mount (:meth:`VTpm.rewind`)."""
+        mount (:meth:`VTpm.rewind`); the SEV platform back to the keys it had at mount, INIT,
+        with no guest (:meth:`SevNode.reboot`)."""
         self.matrix.stop_all_guests()
         self.restore_state(self._initial)
+        if self.sev is not None:
+            self.sev.reboot()
         for tpm in self.tpms.values():
             tpm.rewind()
 
@@ -199,6 +230,18 @@ class Host:
             except ValueError as exc:
                 raise StateError(f"{store.path}: invalid state: {exc}") from None
             self._committed = saved
+            booted = self.export_state()
+            if booted != saved:
+                # Booting made something new (the SEV keys of a platform saved without any):
+                # saved at once, so that what this mount shows survives it.
+                try:
+                    store.commit(booted)
+                except OSError as exc:
+                    raise StateError(f"{store.path}: cannot save: {exc.strerror}") from None
+                self._committed = booted
+            if self.sev is not None:
+                # apfs/reset goes back to the keys this mount started with.
+                self._initial = {**self._initial, "sev": booted["sev"]}
         self._store = store
 
     def commit(self, path: str) -> None:
@@ -272,6 +315,14 @@ def _tpms(host: Host) -> dict[str, VTpm]:
     return host.tpms
 
 
+def _modules(host: Host) -> dict[str, SevConfig]:
+    return sev_tree.modules(host.sev_config)
+
+
+def _sev(host: Host) -> dict[str, SevNode]:
+    return {} if host.sev is None else {"sev": host.sev}
+
+
 def _bus(host: Host) -> ApBus:
     return host.bus
 
@@ -295,6 +346,7 @@ SYSFS = directory(
                                 bus_tree.devices_dir(_bus),
                                 Subdir("ap_matrix", matrix_tree.DEVICES, _matrix),
                                 Subdir("platform", tpm_tree.PLATFORM, _tpms))),
+    Subdir("module", directory("module", Subdirs(sev_tree.KVM_AMD, _modules, stable=True))),
 )
 
 VFIO_SYSFS = directory(
@@ -312,6 +364,7 @@ VFIO_SYSFS = directory(
                                 bus_tree.devices_dir(_bus),
                                 Subdir("vfio_ap", vfio_tree.DEVICES, _matrix),
                                 Subdir("platform", tpm_tree.PLATFORM, _tpms))),
+    Subdir("module", directory("module", Subdirs(sev_tree.KVM_AMD, _modules, stable=True))),
 )
 
 
@@ -324,6 +377,7 @@ def _control(guest_class: type) -> DirKind:
         Subdir("zcrypt", directory("zcrypt", *attribute_files(Zcrypt, Zcrypt.ATTRS)),
                lambda host: host.zcrypt),
         Subdir("tpm", tpm_tree.CONTROLS, _tpms),
+        Subdirs(sev_tree.SEV, _sev, stable=True),
     )
 
 

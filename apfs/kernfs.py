@@ -329,6 +329,61 @@ class Binary:
         return BinaryHandle(self, obj)
 
 
+# --- memory-like files (guest memory: read and written at offsets, never snapshotted) ------
+
+RegionRead = Callable[[Any, int, int], bytes]
+RegionWrite = Callable[[Any, int, bytes], None]
+
+
+class RegionHandle:
+    """An open :class:`Region`: every read and write goes to the object at its offset."""
+
+    __slots__ = ("_attr", "_obj")
+
+    def __init__(self, attr: Region, obj: Any) -> None:
+        self._attr = attr
+        self._obj = obj
+
+    def read(self, offset: int, size: int) -> bytes:
+        assert self._attr.read is not None
+        return self._attr.read(self._obj, offset, size)
+
+    def write(self, offset: int, data: bytes) -> int:
+        if data:
+            assert self._attr.write is not None
+            self._attr.write(self._obj, offset, data)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A file of fixed length ``length(obj)`` (a guest's memory) whose reads and writes
+    address the object directly, ``read(obj, offset, size)`` / ``write(obj, offset, data)``:
+    unlike a :class:`Binary`, no snapshot, so reading 4 KiB of 64 MiB costs 4 KiB."""
+
+    name: str
+    mode: int
+    length: Callable[[Any], int]
+    read: RegionRead | None = None
+    write: RegionWrite | None = None
+    when: When | None = None
+    queue: Queue | None = None
+
+    size_varies = False
+
+    def size(self, obj: Any) -> int:
+        return self.length(obj)
+
+    def readable(self) -> bool:
+        return self.read is not None and bool(self.mode & 0o444)
+
+    def writable(self) -> bool:
+        return self.write is not None and bool(self.mode & 0o222)
+
+    def open(self, obj: Any) -> Handle:
+        return RegionHandle(self, obj)
+
+
 # --- child entries ----------------------------------------------------------------------------
 
 

@@ -113,6 +113,7 @@ class SevPlatform:
         self.chip_seed = chip_seed if chip_seed is not None else os.urandom(32)
         self.api = API_VERSION
         self.build = BUILD
+        self.sockets = SOCKETS
         self.config_es = config_es
         self.guests: dict[int, Guest] = {}
         self._next_handle = 1
@@ -257,20 +258,25 @@ class SevPlatform:
         chain = self.pek.cert.to_bytes() + self.oca.cert.to_bytes() + self.cek.cert.to_bytes()
         return PdhExport(self.pdh.cert.to_bytes(), chain)
 
-    def get_id(self, length: int = ID_LEN * SOCKETS) -> bytes:
+    def get_id(self, length: int | None = None) -> bytes:
         """GET_ID2: the chip's ids, 64 bytes per socket; a shorter buffer (0 asks for the
         size) is INVALID_LENGTH with the length needed."""
         self.check("GET_ID")
-        needed = ID_LEN * SOCKETS
+        length = ID_LEN * self.sockets if length is None else length
+        needed = ID_LEN * self.sockets
         if length < needed:
             raise SevError(
                 Status.INVALID_LENGTH,
                 f"GET_ID: buffer of {length} bytes, {needed} needed",
                 needed=needed,
             )
-        # On hardware the id comes from the chip's fused secret, as the CEK does.
-        chip_id = keys.derive_private_key(self.chip_seed, b"GET_ID").public_key()
-        return chip_id.public_numbers().x.to_bytes(48, "big").ljust(ID_LEN * SOCKETS, b"\x00")
+        # On hardware each socket's id comes from its chip's fused secret, as the CEK does.
+        return b"".join(self._socket_id(socket) for socket in range(self.sockets))
+
+    def _socket_id(self, socket: int) -> bytes:
+        label = b"GET_ID" if socket == 0 else b"GET_ID/%d" % socket
+        chip_id = keys.derive_private_key(self.chip_seed, label).public_key()
+        return chip_id.public_numbers().x.to_bytes(48, "big").ljust(ID_LEN, b"\x00")
 
     # -- durable state ---------------------------------------------------------------------
 

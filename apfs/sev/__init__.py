@@ -1,0 +1,1 @@
+"""The SEV firmware in the mount (:mod:`apfs.sev.tree`)."""
