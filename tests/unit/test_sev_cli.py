@@ -13,6 +13,7 @@ import pytest
 from apfs import cli
 from tests.unit.sev_helpers import HASH_AREA, SECRET_AREA, ovmf_like, started_platform
 from vdev.sev import Guests, Policy, SevPlatform
+from vdev.sev import keys as sevkeys
 from vdev.sev.kernel_hashes import kernel_hashes_table
 from vdev.sev.launch_config import parse_launch_config
 from vdev.sev.platform import API_VERSION, BUILD
@@ -83,9 +84,12 @@ def test_chain_of_every_exported_form_verifies_and_names_the_emulated_roots(
     capsys: pytest.CaptureFixture[str], owner_dir: Path, platform: tuple[SevPlatform, Guests]
 ) -> None:
     export(platform[0], owner_dir)
-    b64 = base64.b64encode((owner_dir / "sev.chain").read_bytes())
-    (owner_dir / "sev.chain.b64").write_bytes(b64)
-    for argv in (["sev.chain"], ["--pdh", "pdh.cert", "cert_chain.cert"], ["sev.chain.b64"]):
+    sev_chain = (owner_dir / "sev.chain").read_bytes()
+    (owner_dir / "sev.chain.b64").write_bytes(base64.b64encode(sev_chain))
+    roots = sevkeys.emulated_ask().cert.to_bytes() + sevkeys.emulated_ark().cert.to_bytes()
+    (owner_dir / "full.chain").write_bytes(sev_chain + roots)  # sevctl export --full
+    for argv in (["sev.chain"], ["--pdh", "pdh.cert", "cert_chain.cert"], ["sev.chain.b64"],
+                 ["full.chain"]):
         status, out, _ = apfs(capsys, "chain", *argv)
         assert status == 0, argv
         assert out.splitlines()[-1].startswith("chain: valid, anchored at apfs's emulated AMD")
@@ -142,6 +146,9 @@ def test_session_refuses_a_pdh_whose_chain_is_broken(
     assert err.startswith("apfs sev session: --chain cert_chain.cert: chain: the PDH is not "
                           "signed by the PEK")
     assert not list(owner_dir.glob("vm_*"))
+    status, _, err = apfs(capsys, "session", "--chain", "sev.chain", "other.cert", "0")
+    assert status == 2
+    assert err == "apfs sev session: PDH other.cert: not the PDH that CHAIN sev.chain starts with\n"
 
 
 def test_measure_matches_the_firmware_and_verify_accepts_only_this_launch(
