@@ -81,7 +81,7 @@ LAUNCH = directory(
     wo("update", Launch.store_update, queue=_node),
     wo("update_vmsa", Launch.store_update_vmsa, queue=_node),
     ro("measure", Launch.show_measure, queue=_node),
-    wo("secret", Launch.store_secret, queue=_node),
+    Binary("secret", 0o200, write=Launch.write_secret, queue=_node),
     wo("finish", Launch.store_finish, queue=_node),
     ro("status", Launch.show_status, queue=_node),
     Region("debug", 0o400, _size, read=Launch.read_debug, queue=_node),

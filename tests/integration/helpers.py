@@ -33,6 +33,10 @@ TYPE_DIR = f"{MATRIX}/mdev_supported_types/ap_matrix-passthrough"
 LOG = "apfs/log"
 STATEBLOB = "apfs/tpm/tpm0/stateblob"
 """Never the same twice: the TPM's clock runs inside its state blob."""
+SEV_CHIP = tuple(f"apfs/sev/platform/{name}"
+                 for name in ("pdh_cert", "cert_chain", "pek_csr", "get_id"))
+"""Each mount's SEV chip is another (a random chip seed) unless --state keeps it: what these
+show is checked by test_sev_nodes.py, not by snapshots."""
 UNREADABLE = "<EACCES>"
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")
@@ -54,7 +58,7 @@ def _file_entry(mode: int, content: bytes | None) -> str:
     return f"file {mode & 0o7777:04o} {body}"
 
 
-def snapshot(root: Path, exclude: Iterable[str] = (LOG, STATEBLOB)) -> Snapshot:
+def snapshot(root: Path, exclude: Iterable[str] = (LOG, STATEBLOB, *SEV_CHIP)) -> Snapshot:
     """Everything visible under ``root`` (a mount), without following symlinks."""
     skip = set(exclude)
     out: Snapshot = {}
@@ -84,7 +88,7 @@ def read_or_none(path: str | Path) -> bytes | None:
         return None
 
 
-def model_snapshot(host: Host, exclude: Iterable[str] = (LOG, STATEBLOB)) -> Snapshot:
+def model_snapshot(host: Host, exclude: Iterable[str] = (LOG, STATEBLOB, *SEV_CHIP)) -> Snapshot:
     """The same view as :func:`snapshot`, read from an in-process host's tree."""
     skip = set(exclude)
     out: Snapshot = {}

@@ -26,7 +26,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from vdev.sev.launch_config import GROUP, LaunchConfig, parse_launch_config
+from vdev.sev.launch_config import GROUP, parse_launch_config
 
 QEMU_KEYS = ("policy", "handle", "dh-cert-file", "session-file", "memory")
 QEMU_DEFAULT_POLICY = 0x1
@@ -45,7 +45,6 @@ class LaunchRequest:
     godh_cert: bytes | None = None
     session: bytes | None = None
     nonce: bytes | None = None  # the 2016 draft's (a [sev-launch] file with a DH key)
-    seed_config: LaunchConfig | None = None
 
 
 def parse_launch_request(text: str, default_memory: int) -> LaunchRequest:
@@ -53,8 +52,7 @@ def parse_launch_request(text: str, default_memory: int) -> LaunchRequest:
     if _is_seed_file(text):
         config = parse_launch_config(text)
         return LaunchRequest(policy=config.policy, memory_size=default_memory,
-                             godh_cert=config.godh_cert(), nonce=config.nonce,
-                             seed_config=config)
+                             godh_cert=config.godh_cert(), nonce=config.nonce)
     fields = parse_fields(text, QEMU_KEYS, "sev-guest")
     cert = _base64(fields, "dh-cert-file")
     session = _base64(fields, "session-file")

@@ -73,15 +73,18 @@ def _einval(message: str) -> DeviceError:
 class SevNode:
     """One host's SEV firmware and its launch directories."""
 
-    def __init__(self, config: SevConfig, platform: SevPlatform | None = None) -> None:
+    def __init__(self, config: SevConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self.platform = self._configured(platform or SevPlatform(config_es=config.es))
+        self.platform = self._configured(SevPlatform())
         self.guests = Guests(self.platform)
         self.launches: dict[str, Launch] = {}
         """Directory name (the guest's handle) → its launch, in creation order."""
         self.last_created = 0
-        self.platform.init()
+        self._saved: dict[str, Any] = {}
+        self._saved_from: tuple[object, ...] = (None,) * 5
+        with self.exclusive():
+            self.platform.init()
 
     def _configured(self, platform: SevPlatform) -> SevPlatform:
         platform.api = self.config.api
@@ -99,13 +102,26 @@ class SevNode:
     def exclusive(self) -> Iterator[None]:
         """Hold the firmware: one command at a time."""
         with self._lock:
-            yield
+            try:
+                yield
+            finally:
+                self._note_keys()
+
+    def _note_keys(self) -> None:
+        """Re-export the durable part when a command replaced a key or the owner (they are
+        replaced, never changed in place), so :meth:`export_state` never waits for a
+        running command: ``--state`` exports after every accepted write, AP ones included."""
+        platform = self.platform
+        now = (platform, platform.oca, platform.pek, platform.pdh, platform.owned)
+        if any(a is not b for a, b in zip(now, self._saved_from, strict=True)):
+            self._saved = platform.export_state()
+            self._saved_from = now
 
     # -- durable state (the platform's keys and ownership; guests never survive) --------
 
     def export_state(self) -> dict[str, Any]:
-        with self.exclusive():
-            return self.platform.export_state()
+        """The platform's durable part as of the last command (never waits for one)."""
+        return self._saved
 
     def check_state(self, data: Any) -> SevPlatform:
         """The platform ``data`` describes; ValueError (naming the key) if it is malformed."""
@@ -314,14 +330,18 @@ class Launch:
 
         return base64.b64encode(self._run(measure)).decode() + "\n"
 
-    def store_secret(self, text: str) -> None:
-        """sev-inject-launch-secret: ``packet-header=B64 secret=B64 [gpa=N]``."""
+    def write_secret(self, offset: int, data: bytes) -> None:
+        """sev-inject-launch-secret: ``packet-header=B64 secret=B64 [gpa=N]`` in one write
+        at offset 0.  Not a page-limited text attribute: a 16 KiB secret (the kernel's cap)
+        is 22 KiB of base64."""
         try:
-            fields = parse_fields(text, SECRET_KEYS, "secret")
+            if offset != 0:
+                raise ValueError(f"written at offset {offset}: the fields go in one write")
+            fields = parse_fields(data.decode("ascii"), SECRET_KEYS, "secret")
             header = _decode(fields, "packet-header")
             secret = _decode(fields, "secret")
             gpa = int(fields["gpa"], 0) if "gpa" in fields else self.secret_gpa
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise _einval(f"secret: {exc}") from None
         if gpa is None:
             raise _einval("secret: no gpa given, and no firmware image measured so far has "
