@@ -19,6 +19,7 @@ from pathlib import Path
 from vdev.sev import keys as sevkeys
 from vdev.sev import owner
 from vdev.sev.cert import CERT_LEN, Certificate
+from vdev.sev.guest import Policy
 from vdev.sev.launch_config import LaunchConfig
 from vdev.sev.platform import API_VERSION
 from vdev.sev.session import MEASURE_LEN, MNONCE_LEN
@@ -251,9 +252,27 @@ def launch_digest(args: argparse.Namespace) -> bytes:
     kernel = None if args.kernel is None else _read(args.kernel, "--kernel")
     initrd = None if args.initrd is None else _read(args.initrd, "--initrd")
     try:
-        return owner.launch_digest(firmware, kernel, initrd, args.cmdline)
+        return owner.launch_digest(firmware, kernel, initrd, args.cmdline, vmsas(args))
     except ValueError as exc:
         raise OwnerError(f"--firmware {args.firmware}: {exc}") from None
+
+
+def vmsas(args: argparse.Namespace) -> list[bytes]:
+    """SEV-ES's measured VMSAs, as sevctl takes them: the boot CPU's, then --num-cpus - 1
+    copies of the others'.  Required with policy ES, refused without it."""
+    given = (args.num_cpus, args.vmsa_cpu0, args.vmsa_cpu1)
+    if not args.policy & Policy.ES:
+        if any(value is not None for value in given):
+            raise OwnerError(f"--num-cpus/--vmsa-cpu0/--vmsa-cpu1: policy {args.policy:#x} "
+                             f"has no ES bit ({Policy.ES:#x}): SEV measures no vCPU state")
+        return []
+    if any(value is None for value in given):
+        raise OwnerError(f"policy {args.policy:#x} has the ES bit: --num-cpus, --vmsa-cpu0 and "
+                         "--vmsa-cpu1 are required (SEV-ES measures every vCPU's VMSA)")
+    if args.num_cpus < 1:
+        raise OwnerError(f"--num-cpus {args.num_cpus}: a guest has at least one vCPU")
+    cpu0, cpu1 = _read(args.vmsa_cpu0, "--vmsa-cpu0"), _read(args.vmsa_cpu1, "--vmsa-cpu1")
+    return [cpu0] + [cpu1] * (args.num_cpus - 1)
 
 
 def _firmware_version(args: argparse.Namespace) -> tuple[tuple[int, int], int]:
@@ -359,6 +378,11 @@ def _add_launch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initrd", metavar="FILE", help="the initrd (none: sha256 of nothing)")
     parser.add_argument("--cmdline", metavar="TEXT",
                         help="the kernel command line, as -append gives it (none: empty)")
+    parser.add_argument("--num-cpus", type=u32, metavar="N",
+                        help="SEV-ES (policy bit 2): the number of vCPUs")
+    parser.add_argument("--vmsa-cpu0", metavar="FILE", help="SEV-ES: the boot vCPU's VMSA")
+    parser.add_argument("--vmsa-cpu1", metavar="FILE",
+                        help="SEV-ES: the VMSA of every other vCPU")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

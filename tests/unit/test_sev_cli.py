@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from apfs import cli
+from tests.unit import test_sev_sevctl_vectors as vectors
 from tests.unit.sev_helpers import HASH_AREA, SECRET_AREA, ovmf_like, started_platform
 from vdev.sev import Guests, Policy, SevPlatform
 from vdev.sev import keys as sevkeys
@@ -302,6 +303,70 @@ def test_secret_refusals_name_the_entry(
         status, _, err = apfs(capsys, "secret", *keys, "--secret", spec, "h", "p")
         assert status == 2 and err.startswith(f"apfs sev secret: {message}"), err
     assert not (owner_dir / "h").exists()
+
+
+# -- sevctl's own test vectors, through the CLI (tests/unit/sev_vectors) ----------------------
+
+
+def test_measure_reproduces_sevctl_measurement_build(
+    capsys: pytest.CaptureFixture[str], owner_dir: Path
+) -> None:
+    """sevctl tests/measurementbuild.rs: the same options give the same base64."""
+    (owner_dir / "tik.bin").write_bytes(vectors.MEASURE_TIK)
+    (owner_dir / "vmlinuz").write_bytes(vectors.KERNEL)
+    (owner_dir / "initrd").write_bytes(vectors.INITRD)
+    common = ["--api-major", "0x01", "--api-minor", "40", "--build-id", "40", "--tik",
+              "tik.bin", "--nonce", base64.b64encode(vectors.MEASURE_NONCE).decode()]
+    ovmf = str(vectors.DATA / "OVMF.amdsev.fd_trimmed")
+    cases = {
+        ("--policy", "0x03", "--launch-digest",
+         "xkvRAfyaSizgonxAjZIAkR8TmolUabBKQKb6KJCDDSM="):
+            "lswbxWxI9gckya16JQvdFtpYmNO4b+3inAPpqsgoBI7DE/q1EcIWsVBbGy6pkDxA",
+        ("--policy", "0x03", "--firmware", ovmf, "--kernel", "vmlinuz", "--initrd", "initrd",
+         "--cmdline", vectors.CMDLINE):
+            "h3auYbWQnVW7EGLWN4Hf9SN0oEYMPU2sK4bLnefWPwvDE/q1EcIWsVBbGy6pkDxA",
+    }
+    for argv, expected in cases.items():
+        assert apfs(capsys, "measure", *common, *argv) == (0, expected + "\n", "")
+
+
+def test_measure_of_sev_es_measures_each_vcpus_vmsa(
+    capsys: pytest.CaptureFixture[str], owner_dir: Path
+) -> None:
+    """SEV-ES (policy NODBG|ES, 4 vCPUs, API 1.49 build 6), as sevctl's test."""
+    blob = "/o0nzDKE5XgtVnUZWPhUea/WZYrTKLExR7KCwuMdbActvpWfXTFk21KMZIAAhQny"
+    (owner_dir / "tik.bin").write_bytes(vectors.MEASURE_TIK)
+    argv = ["measure", "--api-major", "1", "--api-minor", "49", "--build-id", "6",
+            "--policy", "0x05", "--tik", "tik.bin", "--launch-measure-blob", blob,
+            "--firmware", str(vectors.DATA / "OVMF.amdsev.fd_trimmed")]
+    vcpus = ["--num-cpus", "4", "--vmsa-cpu0", str(vectors.DATA / "vmsa0.bin"),
+             "--vmsa-cpu1", str(vectors.DATA / "vmsa1.bin")]
+    assert apfs(capsys, *argv, *vcpus) == (0, blob + "\n", "")
+    status, _, err = apfs(capsys, *argv)
+    assert status == 2
+    assert err.startswith("apfs sev measure: policy 0x5 has the ES bit: --num-cpus, "
+                          "--vmsa-cpu0 and --vmsa-cpu1 are required")
+
+
+def test_secret_reproduces_sevctl_secret_build(
+    capsys: pytest.CaptureFixture[str], owner_dir: Path
+) -> None:
+    """sevctl tests/secretbuild.rs (two secrets, a fixed IV): the same header and payload."""
+    for name, key in (("tek.bin", vectors.SECRET_TEK), ("tik.bin", vectors.SECRET_TIK)):
+        (owner_dir / name).write_bytes(key)
+    specs = []
+    for index, (guid, data) in enumerate((vectors.SECRET1, vectors.SECRET2)):
+        (owner_dir / f"secret{index}").write_bytes(data)
+        specs += ["--secret", f"{guid}:secret{index}"]
+    status, _, _ = apfs(capsys, "secret", "--tek", "tek.bin", "--tik", "tik.bin",
+                        "--launch-measure-blob", base64.b64encode(vectors.SECRET_MEASURE).decode(),
+                        "--iv", base64.b64encode(vectors.SECRET_IV).decode(), *specs,
+                        "header", "payload")
+    assert status == 0
+    header = base64.b64encode((owner_dir / "header").read_bytes()).decode()
+    payload = base64.b64encode((owner_dir / "payload").read_bytes()).decode()
+    assert (header, payload) == vectors.built(vectors.SECRET1, vectors.SECRET2)
+    assert header == "AAAAAKxUdO1N0yx9mJ7FI9klWeyZ3r0dOEKHUOhIRqzGYYvTJgdMtBPL1nK6GD9aGET7Ng=="
 
 
 # -- the seed's format --------------------------------------------------------------------------

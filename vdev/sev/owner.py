@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -153,20 +153,22 @@ def launch_digest(
     kernel: bytes | None = None,
     initrd: bytes | None = None,
     cmdline: str | bytes | None = None,
+    vmsas: Sequence[bytes] = (),
 ) -> bytes:
-    """LD of a SEV launch: sha256(firmware [|| kernel-hashes table]), as QEMU measures it.
+    """LD of a SEV launch: sha256(firmware [|| kernel-hashes table] [|| VMSAs]), as QEMU
+    measures it; ``vmsas`` are SEV-ES's LAUNCH_UPDATE_VMSA pages, one per vCPU, in order.
 
     A kernel needs a firmware whose footer table has the SEV hash-table area (QEMU refuses
     ``kernel-hashes=on`` otherwise); initrd and cmdline only count with a kernel.
     """
     if kernel is None:
-        return sha256(firmware)
+        return sha256(firmware, *vmsas)
     if hash_table_area(firmware) is None:
         raise ValueError(
             "launch digest: the firmware has no SEV hash-table entry in its footer table, "
             "it cannot measure a kernel"
         )
-    return sha256(firmware, kernel_hashes_table(kernel, initrd, cmdline))
+    return sha256(firmware, kernel_hashes_table(kernel, initrd, cmdline), *vmsas)
 
 
 def expected_measurement(
