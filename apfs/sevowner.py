@@ -16,18 +16,17 @@ import sys
 import uuid
 from pathlib import Path
 
+from vdev.sev import Policy, SevError, owner
 from vdev.sev import keys as sevkeys
-from vdev.sev import owner
 from vdev.sev.cert import CERT_LEN, Certificate
-from vdev.sev.guest import Policy
+from vdev.sev.crypto import KEY_LEN
 from vdev.sev.launch_config import LaunchConfig
 from vdev.sev.platform import API_VERSION
 from vdev.sev.session import MEASURE_LEN, MNONCE_LEN
-from vdev.sev.status import SevError
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
-DIGEST_LEN = 32
-KEY_LEN = 16
+"""Exit statuses: success; verification failed; bad usage or input (argparse's too)."""
+DIGEST_LEN = 32  # SHA-256
 MEASUREMENT_LEN = MEASURE_LEN + MNONCE_LEN
 
 DESCRIPTION = """\
@@ -85,8 +84,7 @@ def _read(path: str, option: str) -> bytes:
 
 def _b64decode(text: bytes | str, where: str) -> bytes:
     try:
-        return base64.b64decode(text.strip(),
-                                validate=True)
+        return base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise OwnerError(f"{where}: not base64") from None
 
