@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from apfs import mountinfo, preflight, run
+from apfs import mountinfo, preflight, run, sevowner
 from apfs.host import DEFAULT_CONFIG_TOML
 from apfs.options import add_mount_options, daemon_argv, daemon_command
 from apfs.unmount import UnmountError, unmount
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = commands.add_parser("default-config",
                                   help="print the embedded default host as TOML")
     default.set_defaults(func=cmd_default_config)
+    sevowner.add_parser(commands)
     return parser
 
 

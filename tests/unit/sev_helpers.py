@@ -34,7 +34,8 @@ def ovmf_like(size: int, seed: bytes = b"") -> bytes:
     )
     body_len = size - len(footer)
     assert body_len >= 0 and size % 16 == 0
-    body = (seed or os.urandom(32)) * (body_len // max(len(seed), 32) + 1)
+    pattern = seed or os.urandom(32)
+    body = pattern * (body_len // len(pattern) + 1)
     return body[:body_len] + footer
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -153,20 +153,22 @@ def launch_digest(
     kernel: bytes | None = None,
     initrd: bytes | None = None,
     cmdline: str | bytes | None = None,
+    vmsas: Sequence[bytes] = (),
 ) -> bytes:
-    """LD of a SEV launch: sha256(firmware [|| kernel-hashes table]), as QEMU measures it.
+    """LD of a SEV launch: sha256(firmware [|| kernel-hashes table] [|| VMSAs]), as QEMU
+    measures it; ``vmsas`` are SEV-ES's LAUNCH_UPDATE_VMSA pages, one per vCPU, in order.
 
     A kernel needs a firmware whose footer table has the SEV hash-table area (QEMU refuses
     ``kernel-hashes=on`` otherwise); initrd and cmdline only count with a kernel.
     """
     if kernel is None:
-        return sha256(firmware)
+        return sha256(firmware, *vmsas)
     if hash_table_area(firmware) is None:
         raise ValueError(
             "launch digest: the firmware has no SEV hash-table entry in its footer table, "
             "it cannot measure a kernel"
         )
-    return sha256(firmware, kernel_hashes_table(kernel, initrd, cmdline))
+    return sha256(firmware, kernel_hashes_table(kernel, initrd, cmdline), *vmsas)
 
 
 def expected_measurement(
@@ -200,13 +202,14 @@ def verify_measurement(
 
 def secret_table(entries: Mapping[uuid.UUID, bytes]) -> bytes:
     """sevctl's secret table: header GUID, u32 total length (without padding), entries
-    ``GUID | u32 (20 + len) | data``; zero-padded to a multiple of 16."""
+    ``GUID | u32 (20 + len) | data``; then 1 to 16 zero bytes up to a multiple of 16 (sevctl
+    pads ``16 - len % 16``: a table already a multiple of 16 gets 16 more)."""
     body = b"".join(
         guid.bytes_le + struct.pack("<I", 16 + 4 + len(data)) + data
         for guid, data in entries.items()
     )
     table = SECRET_TABLE_GUID.bytes_le + struct.pack("<I", 16 + 4 + len(body)) + body
-    return table.ljust(-(-len(table) // BLOCK) * BLOCK, b"\x00")
+    return table + bytes(BLOCK - len(table) % BLOCK)
 
 
 @dataclass(frozen=True)
