@@ -329,13 +329,21 @@ class SysfsOperations(pyfuse3.Operations):
             if queue is None:
                 return opened.handle.read(offset, size)
             with NO_WAIT:
-                return opened.handle.read(offset, size)
+                content = opened.handle.read(offset, size)
         except WouldWait:  # a socket front end's command got the TPM first
             return self._queued_read(opened, offset, size)
         except DeviceError as exc:
             # A show() that fails (a PCR read of a powered-off TPM) is logged like a refusal.
             self._on_refusal(self.tree.path_of(opened.found), None, exc)
             raise
+        self._after_read(opened)
+        return content
+
+    def _after_read(self, opened: OpenFile) -> None:
+        """--state: a read that may have created durable state is saved before its reply
+        (DeviceError EIO if that fails, as for a write)."""
+        if self._on_write is not None and opened.found.spec.read_saves:
+            self._on_write(self.tree.path_of(opened.found))
 
     def write(self, fh: int, offset: int, data: bytes) -> Any:
         opened = self._live(fh)
@@ -417,10 +425,12 @@ class SysfsOperations(pyfuse3.Operations):
     async def _queued_read(self, opened: OpenFile, offset: int, size: int) -> bytes:
         assert opened.queue is not None
         try:
-            return await self._offload(opened.queue, opened.handle.read, offset, size)
+            content = await self._offload(opened.queue, opened.handle.read, offset, size)
         except DeviceError as exc:
             self._on_refusal(self.tree.path_of(opened.found), None, exc)
             raise
+        self._after_read(opened)
+        return content
 
     async def _queued_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
         """A device's write is a command to it: no --state commit or tree change follows."""

@@ -101,6 +101,10 @@ class FileSpec(Protocol):
     """Whether :meth:`size` can change while the file exists (then the kernel must not
     cache the file's attributes)."""
 
+    read_saves: bool
+    """Whether a read may create durable state (the SEV driver INITs a platform to export
+    its certificates): with ``--state`` it is saved before the read's reply, as a write's."""
+
     def size(self, obj: Any) -> int: ...
 
     def readable(self) -> bool: ...
@@ -178,6 +182,7 @@ class Attr:
     """Set for a ``show``/``store`` that may block (a PCR read waits for the TPM)."""
 
     size_varies = False
+    read_saves = False
 
     def size(self, obj: Any) -> int:
         return PAGE_SIZE
@@ -226,6 +231,7 @@ class Device:
 
     __slots__ = ("mode", "name", "open_file", "queue", "seekable", "when")
     size_varies = False
+    read_saves = False
 
     def __init__(self, name: str, open_file: Callable[[Any, bool], DeviceHandle],
                  queue: Queue, *, seekable: bool = True,
@@ -277,6 +283,7 @@ class Snapshot:
     size_varies = True
     """Its size is the content's, which grows: never cached by the kernel."""
     queue = None
+    read_saves = False
 
     def size(self, obj: Any) -> int:
         return len(self.content(obj))
@@ -328,6 +335,7 @@ class Binary:
     write: BinWrite | None = None
     when: When | None = None
     queue: Queue | None = None
+    read_saves: bool = False
 
     size_varies = False
 
@@ -385,6 +393,7 @@ class Region:
     queue: Queue | None = None
 
     size_varies = False
+    read_saves = False
 
     def size(self, obj: Any) -> int:
         return self.length(obj)

@@ -63,9 +63,11 @@ PLATFORM = directory(
     wo("platform_reset", SevNode.store_platform_reset, queue=_node),
     wo("pek_gen", SevNode.store_pek_gen, queue=_node),
     wo("pdh_gen", SevNode.store_pdh_gen, queue=_node),
-    Binary("pdh_cert", 0o444, read=SevNode.read_pdh_cert, queue=_node),
-    Binary("cert_chain", 0o444, read=SevNode.read_cert_chain, queue=_node),
-    Binary("pek_csr", 0o400, read=SevNode.read_pek_csr, queue=_node),
+    # Reading these INITs an UNINIT platform first (the driver's auto-INIT), which may make
+    # keys: with --state they are saved before the read returns.
+    Binary("pdh_cert", 0o444, read=SevNode.read_pdh_cert, queue=_node, read_saves=True),
+    Binary("cert_chain", 0o444, read=SevNode.read_cert_chain, queue=_node, read_saves=True),
+    Binary("pek_csr", 0o400, read=SevNode.read_pek_csr, queue=_node, read_saves=True),
     Binary("pek_cert_import", 0o200, write=SevNode.write_pek_cert_import, queue=_node),
     Binary("get_id", 0o444, read=SevNode.read_get_id, queue=_node),
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Mount, Shell
-from tests.unit.sev_helpers import HASH_AREA, SECRET_AREA, ovmf_like
+from tests.unit.sev_helpers import HASH_AREA, SECRET_AREA, SEED_EXAMPLE, ovmf_like
 from vdev.sev import owner as sevowner
 from vdev.sev.kernel_hashes import kernel_hashes_table
 
@@ -29,18 +29,6 @@ SECRET = b"luks passphrase: correct horse battery staple, 48B"
 SECRET_GUID = "736869e5-84f0-4973-92ec-06879ce3da0b"
 NODBG = 0x1
 
-# The seed's example (QEMU RFC 2016, seed 001), verbatim.
-SEED_EXAMPLE = """\
-[sev-launch]
-flags = "00000000"
-policy = "000000"
-dh_pub_qx = "0123456789abcdef0123456789abcdef"
-dh_pub_qy = "0123456789abcdef0123456789abcdef"
-nonce = "0123456789abcdef"
-vcpu_count = "1"
-vcpu_length = "30"
-vcpu_mask = "00ab"
-"""
 
 # Load the firmware at the top of RAM and the kernel-hashes table at the firmware's hash
 # area, LAUNCH_UPDATE_DATA each (QEMU's order), then read the measurement.

@@ -18,6 +18,7 @@ from conftest import Mount, MountFactory
 from helpers import write_error
 
 from apfs.testing import MountError, mounted
+from tests.unit.sev_helpers import SEED_EXAMPLE
 from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.sev import keys, owner
 from vdev.sev.cert import CERT_LEN, Certificate, Usage
@@ -25,17 +26,6 @@ from vdev.sev.launch_config import LaunchConfig
 
 PLATFORM = "apfs/sev/platform"
 LAUNCH = "apfs/sev/launch"
-SEED_LAUNCH = """[sev-launch]
-flags = "00000000"
-policy = "000000"
-dh_pub_qx = "0123456789abcdef0123456789abcdef"
-dh_pub_qy = "0123456789abcdef0123456789abcdef"
-nonce = "0123456789abcdef"
-vcpu_count = "1"
-vcpu_length = "30"
-vcpu_mask = "00ab"
-"""
-"""The seed's example, verbatim: its DH key is not a point on P-384."""
 API = (0, 24)
 BUILD = 15
 
@@ -288,11 +278,11 @@ def test_the_secret_gpa_defaults_to_the_ovmf_secret_area(mount: Mount) -> None:
 
 def test_the_seed_launch_file_is_refused_naming_its_key_and_a_valid_one_is_taken(
         mount: Mount) -> None:
-    message = refused(mount, f"{LAUNCH}/create", SEED_LAUNCH, errno.EINVAL)
+    message = refused(mount, f"{LAUNCH}/create", SEED_EXAMPLE, errno.EINVAL)
     assert message.startswith("launch description: dh_pub_qx/dh_pub_qy: (")
     assert message.endswith("is not a point on P-384 (coordinates are little-endian)")
     assert status(mount)["guests"] == "0"
-    message = refused(mount, f"{LAUNCH}/create", SEED_LAUNCH.replace('"00000000"', '"1"'),
+    message = refused(mount, f"{LAUNCH}/create", SEED_EXAMPLE.replace('"00000000"', '"1"'),
                       errno.EINVAL)
     assert message.startswith("launch description: flags: 0x1:")
     draft = owner.build_draft_launch(read_bytes(mount, f"{PLATFORM}/pdh_cert"), 0x1)
@@ -423,6 +413,19 @@ def test_keys_and_ownership_survive_a_restart_and_guests_do_not(tmp_path: Path) 
         assert os.listdir(second.root / LAUNCH) == ["create"]
     with mounted(where=tmp_path) as other:  # without --state: another chip
         assert read_bytes(other, f"{PLATFORM}/cert_chain") != exported[1]
+
+
+def test_keys_an_auto_init_read_makes_are_saved_by_that_read(tmp_path: Path) -> None:
+    """After PLATFORM_RESET the platform has no keys; the read of pdh_cert INITs it (the
+    driver's auto-INIT), which makes new ones: they are durable when the read returns."""
+    state = tmp_path / "state"
+    with mounted(state=state, where=tmp_path) as first:
+        before = read_bytes(first, f"{PLATFORM}/pdh_cert")
+        first.write(f"{PLATFORM}/platform_reset", "1")
+        exported = read_bytes(first, f"{PLATFORM}/pdh_cert")
+        assert exported != before  # new keys, made by that read
+    with mounted(state=state, where=tmp_path) as second:
+        assert read_bytes(second, f"{PLATFORM}/pdh_cert") == exported
 
 
 def test_apfs_reset_reboots_the_platform_with_the_keys_it_had_at_mount(mount: Mount) -> None:

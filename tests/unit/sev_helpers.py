@@ -23,6 +23,21 @@ HASH_AREA = Area(0x1000, 0x400)  # where the firmware reserves the kernel-hashes
 SECRET_AREA = Area(0x2000, 0xC00)  # where it expects the launch secret
 
 
+SEED_EXAMPLE = """\
+[sev-launch]
+flags = "00000000"
+policy = "000000"
+dh_pub_qx = "0123456789abcdef0123456789abcdef"
+dh_pub_qy = "0123456789abcdef0123456789abcdef"
+nonce = "0123456789abcdef"
+vcpu_count = "1"
+vcpu_length = "30"
+vcpu_mask = "00ab"
+"""
+"""Verbatim from seed 001 (QEMU RFC v1 06/22, "A typical SEV config file looks like
+this"); its DH key is not a point on P-384."""
+
+
 def ovmf_like(size: int, seed: bytes = b"") -> bytes:
     """A firmware image of ``size`` bytes (a multiple of 16) whose reset-vector footer
     table carries the SEV hash-table and secret-area entries, as sevctl's test OVMF does."""

@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.sev_helpers import SECRET_AREA, started_platform
+from tests.unit.sev_helpers import SECRET_AREA, SEED_EXAMPLE, started_platform
 from vdev.sev import Policy
 from vdev.sev import owner as sevowner
 from vdev.sev.launch_config import LaunchConfig, parse_launch_config
-
-# Verbatim from seed 001 (QEMU RFC v1 06/22, "A typical SEV config file looks like this").
-SEED_EXAMPLE = """\
-[sev-launch]
-flags = "00000000"
-policy = "000000"
-dh_pub_qx = "0123456789abcdef0123456789abcdef"
-dh_pub_qy = "0123456789abcdef0123456789abcdef"
-nonce = "0123456789abcdef"
-vcpu_count = "1"
-vcpu_length = "30"
-vcpu_mask = "00ab"
-"""
 
 
 def without(text: str, *keys: str) -> str:
