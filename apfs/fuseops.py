@@ -433,7 +433,8 @@ class SysfsOperations(pyfuse3.Operations):
         return content
 
     async def _queued_write(self, opened: OpenFile, offset: int, data: bytes) -> int:
-        """A device's write is a command to it: no --state commit or tree change follows."""
+        """A write in the file's queue.  An attribute's is followed by the --state commit and
+        the kernel cache updates, as inline; a device's is a command to it: none follows."""
         assert opened.queue is not None
         try:
             written = await self._offload(opened.queue, opened.handle.write, offset, data)

@@ -331,41 +331,35 @@ def _matrix(host: Host) -> MdevType:
     return host.matrix
 
 
-SYSFS = directory(
-    "sys",
-    Subdir("bus", directory("bus",
-                            bus_tree.bus_dir(_bus),
-                            Subdir("ap_matrix", matrix_tree.BUS, _matrix),
-                            Subdir("mdev", matrix_tree.MDEV_BUS, _matrix),
-                            Subdir("virtio", tpm_tree.BUS_VIRTIO, _tpms))),
-    Subdir("class", directory("class",
-                              Subdir("mdev_bus", matrix_tree.MDEV_BUS_CLASS, _matrix),
-                              Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
-                              Subdir("tpmrm", tpm_tree.CLASS_TPMRM, _tpms))),
-    Subdir("devices", directory("devices",
-                                bus_tree.devices_dir(_bus),
-                                Subdir("ap_matrix", matrix_tree.DEVICES, _matrix),
-                                Subdir("platform", tpm_tree.PLATFORM, _tpms))),
-    Subdir("module", directory("module", Subdirs(sev_tree.KVM_AMD, _modules, stable=True))),
-)
+def _sysfs(matrix_bus: Subdir, mdev_bus: DirKind, mdev_class: DirKind,
+           matrix_device: Subdir) -> DirKind:
+    """``sys`` of a host whose AP passthrough flavor puts its matrix device, bus and mdev
+    class where given; the AP bus, the vTPMs and SEV's module sit in the same places in
+    both flavors."""
+    return directory(
+        "sys",
+        Subdir("bus", directory("bus",
+                                bus_tree.bus_dir(_bus),
+                                matrix_bus,
+                                Subdir("mdev", mdev_bus, _matrix),
+                                Subdir("virtio", tpm_tree.BUS_VIRTIO, _tpms))),
+        Subdir("class", directory("class",
+                                  Subdir("mdev_bus", mdev_class, _matrix),
+                                  Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
+                                  Subdir("tpmrm", tpm_tree.CLASS_TPMRM, _tpms))),
+        Subdir("devices", directory("devices",
+                                    bus_tree.devices_dir(_bus),
+                                    matrix_device,
+                                    Subdir("platform", tpm_tree.PLATFORM, _tpms))),
+        Subdir("module", directory("module", Subdirs(sev_tree.KVM_AMD, _modules,
+                                                     stable=True))),
+    )
 
-VFIO_SYSFS = directory(
-    "sys",
-    Subdir("bus", directory("bus",
-                            bus_tree.bus_dir(_bus),
-                            Subdir("matrix", vfio_tree.BUS, _matrix),
-                            Subdir("mdev", vfio_tree.MDEV_BUS, _matrix),
-                            Subdir("virtio", tpm_tree.BUS_VIRTIO, _tpms))),
-    Subdir("class", directory("class",
-                              Subdir("mdev_bus", vfio_tree.MDEV_CLASS, _matrix),
-                              Subdir("tpm", tpm_tree.CLASS_TPM, _tpms),
-                              Subdir("tpmrm", tpm_tree.CLASS_TPMRM, _tpms))),
-    Subdir("devices", directory("devices",
-                                bus_tree.devices_dir(_bus),
-                                Subdir("vfio_ap", vfio_tree.DEVICES, _matrix),
-                                Subdir("platform", tpm_tree.PLATFORM, _tpms))),
-    Subdir("module", directory("module", Subdirs(sev_tree.KVM_AMD, _modules, stable=True))),
-)
+
+SYSFS = _sysfs(Subdir("ap_matrix", matrix_tree.BUS, _matrix), matrix_tree.MDEV_BUS,
+               matrix_tree.MDEV_BUS_CLASS, Subdir("ap_matrix", matrix_tree.DEVICES, _matrix))
+VFIO_SYSFS = _sysfs(Subdir("matrix", vfio_tree.BUS, _matrix), vfio_tree.MDEV_BUS,
+                    vfio_tree.MDEV_CLASS, Subdir("vfio_ap", vfio_tree.DEVICES, _matrix))
 
 
 def _control(guest_class: type) -> DirKind:

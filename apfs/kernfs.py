@@ -304,7 +304,38 @@ BinRead = Callable[[Any], bytes]
 BinWrite = Callable[[Any, int, bytes], None]
 
 
-class BinaryHandle(_SnapshotReader):
+class _OffsetWriter:
+    """Each ``write()`` is one ``write(obj, offset, data)`` with the bytes as they are (no NUL
+    cut, no page limit), as the kernel hands a bin_attribute's write its buffer and offset."""
+
+    __slots__ = ()
+    _attr: Any
+    _obj: Any
+
+    def write(self, offset: int, data: bytes) -> int:
+        if data:
+            assert self._attr.write is not None
+            self._attr.write(self._obj, offset, data)
+        return len(data)
+
+
+class _ReadWriteFunctions:
+    """A file spec whose ``read``/``write`` functions, when present, make it readable or
+    writable as its mode allows."""
+
+    __slots__ = ()
+    mode: int
+    read: Any
+    write: Any
+
+    def readable(self) -> bool:
+        return self.read is not None and bool(self.mode & 0o444)
+
+    def writable(self) -> bool:
+        return self.write is not None and bool(self.mode & 0o222)
+
+
+class BinaryHandle(_SnapshotReader, _OffsetWriter):
     """An open binary attribute: ``read(obj)`` is snapshotted at the first read and at every
     read at offset 0 (one consistent blob for a reader in pieces); each ``write()`` is one
     ``write(obj, offset, data)`` with the bytes as they are (no NUL cut, no page limit), as
@@ -317,15 +348,9 @@ class BinaryHandle(_SnapshotReader):
         assert self._attr.read is not None
         return self._attr.read(self._obj)
 
-    def write(self, offset: int, data: bytes) -> int:
-        if data:
-            assert self._attr.write is not None
-            self._attr.write(self._obj, offset, data)
-        return len(data)
-
 
 @dataclass(frozen=True, slots=True)
-class Binary:
+class Binary(_ReadWriteFunctions):
     """A binary attribute; its size shows as 0, as sysfs does for a bin_attribute of no
     fixed size (readers read to end of file)."""
 
@@ -342,12 +367,6 @@ class Binary:
     def size(self, obj: Any) -> int:
         return 0
 
-    def readable(self) -> bool:
-        return self.read is not None and bool(self.mode & 0o444)
-
-    def writable(self) -> bool:
-        return self.write is not None and bool(self.mode & 0o222)
-
     def open(self, obj: Any) -> Handle:
         return BinaryHandle(self, obj)
 
@@ -358,7 +377,7 @@ RegionRead = Callable[[Any, int, int], bytes]
 RegionWrite = Callable[[Any, int, bytes], None]
 
 
-class RegionHandle:
+class RegionHandle(_OffsetWriter):
     """An open :class:`Region`: every read and write goes to the object at its offset."""
 
     __slots__ = ("_attr", "_obj")
@@ -371,15 +390,9 @@ class RegionHandle:
         assert self._attr.read is not None
         return self._attr.read(self._obj, offset, size)
 
-    def write(self, offset: int, data: bytes) -> int:
-        if data:
-            assert self._attr.write is not None
-            self._attr.write(self._obj, offset, data)
-        return len(data)
-
 
 @dataclass(frozen=True, slots=True)
-class Region:
+class Region(_ReadWriteFunctions):
     """A file of fixed length ``length(obj)`` (a guest's memory) whose reads and writes
     address the object directly, ``read(obj, offset, size)`` / ``write(obj, offset, data)``:
     unlike a :class:`Binary`, no snapshot, so reading 4 KiB of 64 MiB costs 4 KiB."""
@@ -397,12 +410,6 @@ class Region:
 
     def size(self, obj: Any) -> int:
         return self.length(obj)
-
-    def readable(self) -> bool:
-        return self.read is not None and bool(self.mode & 0o444)
-
-    def writable(self) -> bool:
-        return self.write is not None and bool(self.mode & 0o222)
 
     def open(self, obj: Any) -> Handle:
         return RegionHandle(self, obj)

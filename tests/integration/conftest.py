@@ -45,6 +45,18 @@ def mount(apfs_mount: Mount) -> Mount:
     return apfs_mount
 
 
+@pytest.fixture
+def places(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(mount point, state directory) for tests of ``--state``; any mount made on the mount
+    point is undone."""
+    root = tmp_path / "mnt"
+    root.mkdir()
+    try:
+        yield root, tmp_path / "state"
+    finally:
+        unmount(Mount(root))
+
+
 MountFactory = Callable[..., Mount]
 
 

@@ -43,6 +43,14 @@ def start_daemon(root: Path, state: Path, log: Path,
     return daemon
 
 
+def end_daemon(daemon: subprocess.Popen[bytes] | None, root: Path) -> None:
+    """Whatever happened: no daemon left running and no mount left on ``root``."""
+    if daemon is not None and daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+    clear_dead_mount(root)
+
+
 def clear_dead_mount(root: Path) -> None:
     """After a SIGKILL the mount answers ENOTCONN: detach it without looking at it."""
     subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True, check=False)

@@ -7,20 +7,12 @@ from __future__ import annotations
 import socket
 import struct
 
+from reference_swtpm import recv_exactly
+
 from vdev.tpm.mssim import TPM_SEND_COMMAND
 
 IO_TIMEOUT = 30.0
 U32 = struct.Struct(">I")
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError(f"peer closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
 
 
 def send_command(port: int, command: bytes, locality: int = 0) -> bytes:
@@ -30,9 +22,9 @@ def send_command(port: int, command: bytes, locality: int = 0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
         sock.sendall(U32.pack(TPM_SEND_COMMAND) + bytes([locality])
                      + U32.pack(len(command)) + command)
-        (size,) = U32.unpack(_recv_exactly(sock, 4))
-        response = _recv_exactly(sock, size)
-        (trailer,) = U32.unpack(_recv_exactly(sock, 4))
+        (size,) = U32.unpack(recv_exactly(sock, 4))
+        response = recv_exactly(sock, size)
+        (trailer,) = U32.unpack(recv_exactly(sock, 4))
     if trailer != 0:
         raise ConnectionError(f"mssim response trailer {trailer:#x}, expected 0")
     return response
@@ -42,6 +34,6 @@ def signal(platform_port: int, code: int) -> None:
     """One platform-port signal (POWER_ON 1, RESET 17, ...), which answers ``u32 0``."""
     with socket.create_connection(("127.0.0.1", platform_port), timeout=IO_TIMEOUT) as sock:
         sock.sendall(U32.pack(code))
-        (result,) = U32.unpack(_recv_exactly(sock, 4))
+        (result,) = U32.unpack(recv_exactly(sock, 4))
     if result != 0:
         raise ConnectionError(f"mssim platform signal {code} answered {result:#x}")

@@ -147,7 +147,8 @@ def swtpm_unix(state_dir: Path, ctrl: Path) -> Iterator[SwtpmUnix]:
         _stop(process)
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a stream socket; ConnectionError if the peer closes first."""
     data = b""
     while len(data) < size:
         chunk = sock.recv(size - len(data))
@@ -159,9 +160,9 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 def recv_response(sock: socket.socket) -> bytes:
     """One TPM response: the 10-byte header, then the rest its size field announces."""
-    header = _recv_exactly(sock, HEADER_SIZE)
+    header = recv_exactly(sock, HEADER_SIZE)
     (size,) = struct.unpack_from(">I", header, 2)
-    return header + _recv_exactly(sock, max(size - HEADER_SIZE, 0))
+    return header + recv_exactly(sock, max(size - HEADER_SIZE, 0))
 
 
 def tcp_transmit(port: int, command: bytes) -> bytes:
@@ -177,7 +178,7 @@ def ctrl_init_tcp(ctrl_port: int) -> None:
     waiting for TPM2_Startup, as swtpm started with ``--flags not-need-init`` alone."""
     with socket.create_connection(("127.0.0.1", ctrl_port), timeout=IO_TIMEOUT) as sock:
         sock.sendall(struct.pack(">II", CMD_INIT, 0))
-        (result,) = struct.unpack(">I", _recv_exactly(sock, 4))
+        (result,) = struct.unpack(">I", recv_exactly(sock, 4))
     if result != 0:
         raise RuntimeError(f"CMD_INIT on port {ctrl_port} answered result {result:#x}")
 
@@ -195,7 +196,7 @@ def ctrl_request(ctrl: Path, cmd: int, payload: bytes = b"", reply_size: int = 4
         else:
             sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       array.array("i", [fd]))])
-        return _recv_exactly(sock, reply_size)
+        return recv_exactly(sock, reply_size)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mount, apfs, unmount
+from conftest import Mount, apfs
 from helpers import (
     MATRIX,
     TYPE_DIR,
@@ -40,17 +40,6 @@ cd "$MNT/{MATRIX}/{UUID}"
 echo 5 > assign_adapter && echo ab > assign_domain && echo 4 > assign_domain
 echo 47 > assign_control_domain
 """
-
-
-@pytest.fixture
-def places(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(mount point, state directory); any mount made on the mount point is undone."""
-    root = tmp_path / "mnt"
-    root.mkdir()
-    try:
-        yield root, tmp_path / "state"
-    finally:
-        unmount(Mount(root))
 
 
 def mount_with_state(root: Path, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from conftest import apfs
 from helpers import differences, model_snapshot, snapshot
-from killable import DEAD, clear_dead_mount, start_daemon
+from killable import DEAD, clear_dead_mount, end_daemon, start_daemon
 from workload import MATRIX, model_write, random_write
 
 from apfs.host import Host, ap_only, load_config
@@ -127,9 +127,6 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_write(tmp_path: P
             clear_dead_mount(root)
         assert apfs("umount", str(root)).returncode == 0
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        clear_dead_mount(root)
+        end_daemon(daemon, root)
     print(f"\n{CYCLES} SIGKILLs: {dict(outcome)}")
     assert outcome["acknowledged"] > CYCLES and outcome["refused"] > CYCLES / 4, outcome

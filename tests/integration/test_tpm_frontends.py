@@ -19,6 +19,7 @@ import pytest
 from apfs_tpm import TpmMount, tpm_mount
 from conftest import apfs
 from helpers import daemon_pid, wait_until
+from reference_swtpm import recv_exactly
 
 from vdev.tpm import commands
 from vdev.tpm import swtpm as sw
@@ -49,26 +50,17 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"connection closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
-
-
 def tpm_round_trip(sock: socket.socket, protocol: str, command: bytes) -> bytes:
     """One command over a data (swtpm) or command (mssim) connection."""
     if protocol == "mssim":
         sock.sendall(struct.pack(">IBI", 8, 0, len(command)) + command)
-        size = U32.unpack(recv_exact(sock, 4))[0]
-        response = recv_exact(sock, size)
-        assert recv_exact(sock, 4) == bytes(4)
+        size = U32.unpack(recv_exactly(sock, 4))[0]
+        response = recv_exactly(sock, size)
+        assert recv_exactly(sock, 4) == bytes(4)
         return response
     sock.sendall(command)
-    header = recv_exact(sock, 10)
-    return header + recv_exact(sock, commands.response_size(header) - 10)
+    header = recv_exactly(sock, 10)
+    return header + recv_exactly(sock, commands.response_size(header) - 10)
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -222,11 +214,11 @@ class Qemu:
         self.data.settimeout(TIMEOUT)
         socket.send_fds(self.ctrl, [U32.pack(sw.CMD_SET_DATAFD)], [theirs.fileno()])
         theirs.close()
-        self.set_datafd = recv_exact(self.ctrl, 4)
+        self.set_datafd = recv_exactly(self.ctrl, 4)
 
     def control(self, code: int, payload: bytes = b"", answer: int = 4) -> bytes:
         self.ctrl.sendall(U32.pack(code) + payload)
-        return recv_exact(self.ctrl, answer)
+        return recv_exactly(self.ctrl, answer)
 
     def command(self, command: bytes) -> bytes:
         """QEMU reads what one read() gives and takes the size from it."""
@@ -270,7 +262,7 @@ def test_set_datafd_then_qemus_start_sequence_then_a_boot(qemu_socket: tuple[Tpm
     other.connect(str(path))
     mine, theirs = socket.socketpair()
     socket.send_fds(other, [U32.pack(sw.CMD_SET_DATAFD)], [theirs.fileno()])
-    assert recv_exact(other, 4) == U32.pack(sw.TPM_IOERROR)
+    assert recv_exactly(other, 4) == U32.pack(sw.TPM_IOERROR)
     for sock in (other, mine, theirs):
         sock.close()
     # QEMU killed: its data channel hangs up; the next QEMU gets it and sees the PCRs.
@@ -297,4 +289,4 @@ def test_control_request_cut_short_is_answered_after_500_ms(
         ctrl.settimeout(TIMEOUT)
         ctrl.connect(str(path))
         ctrl.sendall(U32.pack(sw.CMD_INIT) + b"\0")
-        assert recv_exact(ctrl, 4) == U32.pack(sw.TPM_BAD_PARAMETER)
+        assert recv_exactly(ctrl, 4) == U32.pack(sw.TPM_BAD_PARAMETER)

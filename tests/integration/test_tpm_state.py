@@ -11,11 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mount, MountFactory, apfs, unmount
+from conftest import Mount, MountFactory, apfs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -39,17 +38,6 @@ NV_DATA = hashlib.sha256(b"apfs NV across mounts").digest()
 PERSISTENT = "0x81000001"
 
 libtpms()  # skip nothing: the project's set-up installs libtpms0
-
-
-@pytest.fixture
-def places(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(mount point, state directory); any mount made on the mount point is undone."""
-    root = tmp_path / "mnt"
-    root.mkdir()
-    try:
-        yield root, tmp_path / "state"
-    finally:
-        unmount(Mount(root))
 
 
 def sh(root: Path, script: str) -> list[str]:

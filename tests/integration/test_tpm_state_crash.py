@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from conftest import apfs
-from killable import DEAD, clear_dead_mount, start_daemon
+from killable import DEAD, clear_dead_mount, end_daemon, start_daemon
 
 from vdev.tpm import commands as cmd
 from vdev.tpm.libtpms import libtpms
@@ -105,10 +105,7 @@ def test_every_acknowledged_nv_write_survives_sigkill_of_the_daemon(tmp_path: Pa
             clear_dead_mount(root)
         assert apfs("umount", str(root)).returncode == 0
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        clear_dead_mount(root)
+        end_daemon(daemon, root)
     print(f"\n{CYCLES} SIGKILLs of the daemon: {last_acked} NV writes acknowledged, "
           f"{kills_mid_stream} kills after one, the write in flight applied "
           f"{in_flight_applied} times")
