@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine for apfs: system packages, then .venv with apfs[test].
 # Idempotent and quick on a second run: apt runs only for missing packages, pip only
-# when pyproject.toml changed since the last successful install.
+# when pyproject.toml or a C extension's source changed since the last successful install
+# (pip builds the extensions in place, next to their sources).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,7 +52,8 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>
     python3 -m venv "$VENV"
 fi
 
-hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+hash="$(cat "$ROOT/pyproject.toml" "$ROOT"/vdev/tpm/_native.[ch] "$ROOT"/apfs/tpm/_pump.c |
+        sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$STAMP" 2>/dev/null)" != "$hash" ]]; then
     say "installing apfs[test] into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -32,7 +32,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from apfs.tpm import _pump
 from vdev.tpm import mssim, swtpm
+from vdev.tpm.fastpath import FastPath
 from vdev.tpm.frontend import Malformed, Reply
 from vdev.tpm.virtio import VirtioError
 from vdev.tpm.vtpm import VTpm
@@ -59,7 +61,7 @@ class Connection:
     connection to end.  A command that computes does not wait: the newcomer's connection
     is accepted by the kernel meanwhile, and its commands would wait for the TPM anyway."""
 
-    __slots__ = ("_hand_over", "_poll", "_sock_fd", "label", "sock")
+    __slots__ = ("_hand_over", "_poll", "_sock_fd", "label", "listener_fd", "sock")
 
     def __init__(self, sock: socket.socket, label: str, listener: socket.socket | None = None,
                  hand_over: Callable[[], None] | None = None) -> None:
@@ -68,10 +70,13 @@ class Connection:
         self._sock_fd = sock.fileno()
         self._hand_over = hand_over
         self._poll: select.poll | None = None
+        self.listener_fd = -1
+        """The listener this connection watches while idle (-1: none, or handed over)."""
         if listener is not None:
             self._poll = select.poll()
             self._poll.register(sock, select.POLLIN)
             self._poll.register(listener, select.POLLIN)
+            self.listener_fd = listener.fileno()
 
     @property
     def handed_over(self) -> bool:
@@ -87,7 +92,12 @@ class Connection:
         ready = poll.poll()
         if any(fd == self._sock_fd for fd, _events in ready):
             return  # this client first, even when another one connects at the same time
+        self.hand_over()
+
+    def hand_over(self) -> None:
+        """Another client is waiting: a new thread accepts from now on."""
         self._poll = None
+        self.listener_fd = -1
         assert self._hand_over is not None
         self._hand_over()
 
@@ -304,27 +314,66 @@ def _send(sock: socket.socket, label: str, reply: Reply) -> bool:
     return True
 
 
+_FRAMINGS = {"swtpm": _pump.SWTPM, "mssim": _pump.MSSIM}
+
+
+class _Pump:
+    """A connection's commands served in C (``apfs/tpm/_pump.c``) while the vTPM's
+    :class:`~vdev.tpm.fastpath.FastPath` allows; what it hands back goes the Python way."""
+
+    __slots__ = ("_finish", "_native")
+
+    def __init__(self, path: FastPath) -> None:
+        assert path.finish is not None
+        self._native = _pump.Pump(path.process, path.locks, path.gate, path.stores,
+                                  _FRAMINGS[path.framing], path.limits)
+        self._finish = path.finish
+
+    @classmethod
+    def of(cls, path: FastPath | None) -> _Pump | None:
+        return None if path is None else cls(path)
+
+    def read(self, connection: Connection) -> bytes:
+        """Serve commands until a read that the C loop did not run: its bytes, or b"" when
+        the client closed the connection."""
+        serve, fd = self._native.serve, connection.sock.fileno()
+        while True:
+            what, request, response = serve(fd, connection.listener_fd)
+            if what == _pump.OTHER:
+                return request
+            if what == _pump.TAIL:
+                connection.sock.sendall(self._finish(request, response))
+            elif what == _pump.HANDOVER:
+                connection.hand_over()
+            else:
+                return b""
+
+
 def swtpm_data(core: swtpm.Swtpm) -> Handler:
     """The data channel: one command per read of at least a header, raw or TCG-prefixed,
-    any number per connection (:class:`vdev.tpm.swtpm.DataReader`)."""
+    any number per connection (:class:`vdev.tpm.swtpm.DataReader`).  While no read is
+    half-way, raw commands run in C when they may (:class:`_Pump`)."""
 
     def handle(connection: Connection) -> None:
         reader = swtpm.DataReader()
         sock, wait, feed, execute = connection.sock, connection.wait, reader.feed, core.execute
         recv, sendall = sock.recv, sock.sendall
-        while True:
-            wait()
-            data = recv(reader.room)
-            if not data:
-                break
-            command = feed(data)
-            if command is None:
-                continue
-            try:
-                sendall(execute(command))
-            except VirtioError as exc:  # a command beyond the virtio device's 4096 bytes
-                log.warning("%s: closed: %s", connection.label, exc)
-                return
+        pump = _Pump.of(core.fast_path())
+        try:
+            while True:
+                if pump is not None and not reader.pending:
+                    data = pump.read(connection)
+                else:
+                    wait()
+                    data = recv(reader.room)
+                if not data:
+                    break
+                command = feed(data)
+                if command is not None:
+                    sendall(execute(command))
+        except VirtioError as exc:  # a command beyond the virtio device's 4096 bytes
+            log.warning("%s: closed: %s", connection.label, exc)
+            return
         _log_early_close(connection.label, reader.pending)
 
     return handle
@@ -389,6 +438,13 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
     return handle
 
 
+def quick_ack(sock: socket.socket) -> None:
+    """tpm2-tss writes mssim's 9-byte prefix and the command separately without
+    TCP_NODELAY: Nagle holds the command until the prefix is acknowledged, and a delayed
+    ACK costs 40 ms per command.  Acknowledge at once (``apfs/tpm/_pump.c`` does the same)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
 def _log_early_close(label: str, pending: bool) -> None:
     """A client that hangs up in the middle of a request: one line (a clean close between
     requests is how clients end a connection, and is not logged)."""
@@ -409,12 +465,16 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
     def handle(connection: Connection) -> None:
         sock, label = connection.sock, connection.label
         port = port_type(tpm, sizes)
+        pump = _Pump.of(port.fast_path()) if isinstance(port, mssim.CommandPort) else None
         while True:
-            connection.wait()
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                break
             try:
+                if pump is not None and not port.pending:
+                    data = pump.read(connection)
+                else:
+                    connection.wait()
+                    data = sock.recv(RECV_SIZE)
+                if not data:
+                    break
                 replies = port.receive(data)
             except VirtioError as exc:
                 log.warning("%s: closed: %s", label, exc)
@@ -423,10 +483,7 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
                 if not _send(sock, label, reply):
                     return
             if port.pending:
-                # tpm2-tss writes the 9-byte prefix and the command separately without
-                # TCP_NODELAY: Nagle holds the command until the prefix is acknowledged,
-                # and a delayed ACK costs 40 ms per command.  Acknowledge at once.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                quick_ack(sock)
         _log_early_close(label, port.pending)
 
     return handle

@@ -290,7 +290,7 @@ def test_fifo_lock_serves_in_arrival_order() -> None:
             threads[-1].start()
             # Queued before the next one starts (bounded wait, no timing asserted).
             deadline = time.monotonic() + 10
-            while len(lock._waiters) <= n and time.monotonic() < deadline:
+            while lock.native.waiting <= n and time.monotonic() < deadline:
                 time.sleep(0.001)
     for thread in threads:
         thread.join()
@@ -313,7 +313,7 @@ def test_a_caller_that_may_not_wait_is_refused_a_held_lock_and_nothing_changes()
     assert held.wait(10)
     with NO_WAIT, pytest.raises(WouldWait):
         lock.__enter__()
-    assert not lock._waiters  # it did not queue
+    assert not lock.native.waiting  # it did not queue
     release.set()
     holder.join()
     with lock:  # and the lock works on

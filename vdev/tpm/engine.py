@@ -15,7 +15,6 @@ ctypes releases the GIL meanwhile.
 
 from __future__ import annotations
 
-import collections
 import errno
 import threading
 from dataclasses import dataclass
@@ -24,8 +23,10 @@ from typing import Any, Protocol
 
 from vdev.errors import WouldWait
 from vdev.inline import waiting_forbidden
+from vdev.tpm import _native
 from vdev.tpm import libtpms as lt
 from vdev.tpm.errors import TpmError, TpmInUse, TpmStateError
+from vdev.tpm.fastpath import FastPath
 
 MAX_LOCALITY = 4
 # Locality of the hash start/data/end signals: the TCG PC client assigns them to locality 4
@@ -72,39 +73,31 @@ class TpmEngine(Protocol):
 class FifoLock:
     """A lock granted in the order it was asked for (``threading.Lock`` promises no order).
 
-    Uncontended it costs two plain lock round trips; a waiter sleeps on a lock of its own
-    that the holder releases to hand over (a Condition costs ~3 µs even uncontended).
+    ``native`` is the C ticket lock (``vdev/tpm/_native.c``) that a command served in C
+    (``apfs.tpm._pump``) takes too, without the GIL.  A caller that may not wait
+    (:mod:`vdev.inline`) gets :class:`~vdev.errors.WouldWait` instead of a place in line.
     """
 
+    __slots__ = ("native",)
+
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._busy = False
-        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self.native = _native.FifoLock()
 
     def __enter__(self) -> None:
-        with self._mutex:
-            if not self._busy:
-                self._busy = True
-                return
-            if waiting_forbidden():
-                raise WouldWait("the TPM is serving another caller")
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._waiters.append(waiter)
-        waiter.acquire()  # released by the holder's __exit__: the lock is ours now
+        native = self.native
+        if native.try_acquire():
+            return
+        if waiting_forbidden():
+            raise WouldWait("the TPM is serving another caller")
+        native.acquire()
 
     @property
     def busy(self) -> bool:
         """Held (or handed over to a waiter) right now: a caller would wait."""
-        return self._busy
-
+        return self.native.busy
 
     def __exit__(self, *exc: object) -> None:
-        with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().release()  # hand over; _busy stays set
-            else:
-                self._busy = False
+        self.native.release()
 
 
 _owner_lock = threading.Lock()
@@ -135,7 +128,8 @@ class Tpm:
                     "close it, or run this TPM in a worker process (vdev.tpm.worker.TpmWorker)")
             _owner = self
         self._lock = FifoLock()
-        self._powered = False
+        self.powered_cell = _native.Cell(0)
+        """1 while powered on; read by the fast path (:meth:`fast_path`) without the GIL."""
         self._lib.blobs.clear()
         self._stores_taken = self._lib.permanent_stores
         try:
@@ -161,10 +155,14 @@ class Tpm:
 
     @property
     def powered(self) -> bool:
-        return self._powered
+        return self.powered_cell.value == 1
+
+    @powered.setter
+    def powered(self, value: bool) -> None:
+        self.powered_cell.value = int(value)
 
     def _require_power(self, what: str) -> None:
-        if not self._powered:
+        if not self.powered:
             raise TpmStateError(f"{what}: the TPM is powered off (power it on first)")
 
     # -- power ---------------------------------------------------------------------------
@@ -172,7 +170,7 @@ class Tpm:
     def power_on(self) -> None:
         """Power on (``_TPM_Init``): the TPM then waits for TPM2_Startup."""
         with self._lock:
-            if self._powered:
+            if self.powered:
                 raise TpmStateError("power on: the TPM is already powered on")
             self._init()
 
@@ -185,7 +183,7 @@ class Tpm:
         # A volatile blob resumes one power-on only (like a resume image); a later power
         # cycle starts from the permanent state, as swtpm deletes its volatilestate file.
         self._lib.blobs.pop(lt.BLOB_VOLATILE, None)
-        self._powered = True
+        self.powered = True
 
     def power_off(self) -> None:
         """Power off: volatile state (PCRs, sessions, loaded objects) is lost; permanent
@@ -193,14 +191,14 @@ class Tpm:
         with self._lock:
             self._require_power("power off")
             self._lib.terminate()
-            self._powered = False
+            self.powered = False
 
     def reset(self) -> None:
         """Reset (``_TPM_Init`` while powered): as a power cycle; Startup is needed again."""
         with self._lock:
             self._require_power("reset")
             self._lib.terminate()
-            self._powered = False
+            self.powered = False
             self._init()
 
     # -- commands ------------------------------------------------------------------------
@@ -213,6 +211,13 @@ class Tpm:
             self._lib.locality = locality
             return self._lib.process(bytes(command))
 
+    def fast_path(self) -> FastPath:
+        """How C runs :meth:`execute` at locality 0: this TPM's lock, powered on, the
+        library's locality 0 (no locality callback registered)."""
+        lib = self._lib
+        return FastPath(lib.process_address, (self._lock.native,),
+                        ((self.powered_cell, 1), (lib.locality_cell, 0)), lib.stores_cell)
+
     def cancel(self) -> None:
         """Ask the running command (if any) to stop early (TPM_RC_CANCELED); never waits."""
         self._lib.cancel()
@@ -222,7 +227,7 @@ class Tpm:
         CMD_SET_BUFFERSIZE): 0 only asks; another value, clamped by libtpms to
         minimum..maximum, is set, which is allowed while powered off only."""
         with self._lock:
-            if wanted and self._powered:
+            if wanted and self.powered:
                 raise TpmStateError(f"buffer size {wanted}: the TPM is powered on "
                                     "(power it off first)")
             return self._lib.set_buffer_size(wanted)
@@ -274,7 +279,7 @@ class Tpm:
         """Replace the TPM's state (powered off only); the next power-on starts from it.
         libtpms checks both blobs first: a refused blob changes nothing."""
         with self._lock:
-            if self._powered:
+            if self.powered:
                 raise TpmStateError("set state: the TPM is powered on (power it off first)")
             if not state.permanent:
                 raise TpmError(errno.EINVAL, "set state: the permanent state blob is empty")
@@ -333,9 +338,9 @@ class Tpm:
             if _owner is not self:
                 return
             with self._lock:
-                if self._powered:
+                if self.powered:
                     self._lib.terminate()
-                    self._powered = False
+                    self.powered = False
                 self._lib.release_response_buffer()
                 self._lib.blobs.clear()
             _owner = None

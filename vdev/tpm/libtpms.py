@@ -21,6 +21,7 @@ import json
 import threading
 from typing import Any
 
+from vdev.tpm import _native
 from vdev.tpm.errors import TpmLibraryError, TpmUnavailable
 
 SONAME = "libtpms.so.0"
@@ -104,17 +105,19 @@ class Libtpms:
     """The loaded library with its callbacks registered; one per process (:func:`libtpms`).
 
     ``blobs`` is the TPM's NVRAM as libtpms sees it (``permall``, ``volatilestate``): the load
-    callback serves from it, the store callback writes into it.  ``locality`` is what the
-    locality callback reports for the next command.  Callers serialise the calls themselves.
+    callback serves from it, the store callback writes into it.  :attr:`locality` is the
+    locality of the next command.  Callers serialise the calls themselves.
     """
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
         self.blobs: dict[str, bytes] = {}
-        self.permanent_stores = 0
+        self.stores_cell = _native.Cell(0)
         """How many times libtpms stored ``permall`` (it does so inside the command that
-        changed the permanent state): how :meth:`Tpm.take_permanent` knows it moved."""
-        self.locality = 0
+        changed the permanent state): how :meth:`Tpm.take_permanent` and the fast path
+        know it moved."""
+        self.locality_cell = _native.Cell(0)
+        self._locality_callback = _IO_LOCALITY(self._get_locality)
         self._new_response_buffer()
         # The CFUNCTYPE objects must outlive the registration: libtpms keeps the pointers.
         self._callbacks = _Callbacks(
@@ -124,7 +127,7 @@ class Libtpms:
             _NVRAM_STORE(self._store),
             _NVRAM_DELETE(self._delete),
             _IO_INIT(lambda: TPM_SUCCESS),
-            _IO_LOCALITY(self._get_locality),
+            _IO_LOCALITY(),  # none: locality 0 (see the locality setter)
             _IO_PRESENCE(Libtpms._get_presence),
         )
 
@@ -147,7 +150,7 @@ class Libtpms:
         key = name.decode("ascii", "replace")
         self.blobs[key] = ctypes.string_at(data, length)
         if key == BLOB_PERMANENT:
-            self.permanent_stores += 1
+            self.stores_cell.value += 1
         return TPM_SUCCESS
 
     def _delete(self, _tpm_number: int, name: bytes, must_exist: int) -> int:
@@ -155,7 +158,7 @@ class Libtpms:
         return TPM_FAIL if removed is None and must_exist else TPM_SUCCESS
 
     def _get_locality(self, locality: Any, _tpm_number: int) -> int:
-        locality[0] = self.locality
+        locality[0] = self.locality_cell.value
         return TPM_SUCCESS
 
     @staticmethod
@@ -163,6 +166,35 @@ class Libtpms:
         # Physical presence is never asserted: nothing in apfs models the switch yet.
         presence[0] = 0
         return TPM_SUCCESS
+
+    @property
+    def permanent_stores(self) -> int:
+        return self.stores_cell.value
+
+    @property
+    def locality(self) -> int:
+        return self.locality_cell.value
+
+    @locality.setter
+    def locality(self, value: int) -> None:
+        """libtpms asks for every command's locality through the locality callback, and
+        takes 0 when none is registered.  The callback (a call into Python, ~1 µs a
+        command) is registered only while the locality is not 0: the usual command needs
+        no Python for it, which is what lets ``apfs.tpm._pump`` serve one in C."""
+        was = self.locality_cell.value
+        self.locality_cell.value = value
+        if (value == 0) != (was == 0):
+            self._callbacks.tpm_io_getlocality = (self._locality_callback if value
+                                                  else _IO_LOCALITY())
+            _check("TPMLIB_RegisterCallbacks",
+                   self._lib.TPMLIB_RegisterCallbacks(ctypes.byref(self._callbacks)))
+
+    @property
+    def process_address(self) -> int:
+        """Where ``TPMLIB_Process`` is, for a caller in C (``apfs.tpm._pump``)."""
+        address = ctypes.cast(self._lib.TPMLIB_Process, ctypes.c_void_p).value
+        assert address is not None
+        return address
 
     # -- the library's functions ---------------------------------------------------------
 

@@ -25,7 +25,9 @@ import struct
 import threading
 from collections.abc import Callable
 
+from vdev.tpm import _native
 from vdev.tpm.errors import TpmError, TpmStateError
+from vdev.tpm.fastpath import FastPath
 from vdev.tpm.frontend import MAX_COMMAND, U32, Reply, run_command
 from vdev.tpm.vtpm import VTpm
 
@@ -105,6 +107,11 @@ class _Port:
         return data
 
 
+def _framed(response: bytes) -> bytes:
+    """SEND_COMMAND's answer: ``u32 M, M bytes`` and the ``u32 0`` every request ends with."""
+    return b"".join((U32.pack(len(response)), response, ACK))
+
+
 class CommandSizes:
     """The largest command and response seen (GET_COMMAND_RESPONSE_SIZES), per front end."""
 
@@ -112,19 +119,26 @@ class CommandSizes:
         self._lock = threading.Lock()
         self._command = (0, b"\0" * 4)
         self._response = (0, b"\0" * 4)
+        self.limits = (_native.Cell(0), _native.Cell(0))
+        """The sizes recorded, where the fast path reads them: a command and response no
+        larger change nothing, so it need not record them."""
 
     def record(self, command: bytes, response: bytes) -> None:
         with self._lock:
             if len(command) > self._command[0]:
                 self._command = (len(command), command[6:10])
+                self.limits[0].value = len(command)
             if len(response) > self._response[0]:
                 self._response = (len(response), response[6:10])
+                self.limits[1].value = len(response)
 
     def take(self) -> bytes:
         """The record as ibmswtpm2 sends it, then cleared (it clears after each read)."""
         with self._lock:
             data = _SIZES.pack(*self._command, *self._response)
             self._command = self._response = (0, b"\0" * 4)
+            for limit in self.limits:
+                limit.value = 0
         return data
 
 
@@ -182,7 +196,23 @@ class CommandPort(_Port):
         command = self._consume(9 + length)[9:]
         response = run_command(self.tpm, command, locality)
         self.sizes.record(command, response)
-        return Reply(b"".join((U32.pack(len(response)), response, ACK)))
+        return Reply(_framed(response))
+
+    def fast_path(self) -> FastPath | None:
+        """How C runs SEND_COMMAND at locality 0 (:mod:`vdev.tpm.fastpath`): what changes
+        the size record is finished here."""
+        path = self.tpm.fast_path()
+        if path is None:
+            return None
+        vtpm_finish = path.finish
+        assert vtpm_finish is not None
+
+        def finish(request: bytes, response: bytes) -> bytes:
+            response = vtpm_finish(request, response)
+            self.sizes.record(request[9:], response)
+            return _framed(response)
+
+        return path.behind(finish=finish, framing="mssim", limits=self.sizes.limits)
 
     def _signal(self, code: int, data: bytes) -> Reply:
         """_TPM_Hash_Start/Data/End: ibmswtpm2 acknowledges them whatever happens."""

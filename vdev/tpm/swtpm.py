@@ -33,9 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vdev.tpm import commands
+from vdev.tpm import _native, commands
 from vdev.tpm.engine import MAX_LOCALITY, TpmState
 from vdev.tpm.errors import TpmError, TpmLibraryError, TpmStateError
+from vdev.tpm.fastpath import FastPath
 from vdev.tpm.frontend import MAX_BLOB, MAX_COMMAND, U32, Malformed, run_command
 from vdev.tpm.vtpm import VTpm
 
@@ -244,11 +245,20 @@ class Swtpm:
 
     def __init__(self, tpm: VTpm) -> None:
         self.tpm = tpm
-        self.locality = 0
-        """swtpm's ``locality``: CMD_SET_LOCALITY and the TCG prefix set it; every data
-        command runs at it."""
+        self.locality_cell = _native.Cell(0)
+        """swtpm's ``locality`` (:attr:`locality`), where the fast path reads it."""
         self.data_fd_in_use = False
         """A CMD_SET_DATAFD descriptor is being served (a second one is TPM_IOERROR)."""
+
+    @property
+    def locality(self) -> int:
+        """swtpm's ``locality``: CMD_SET_LOCALITY and the TCG prefix set it; every data
+        command runs at it."""
+        return self.locality_cell.value
+
+    @locality.setter
+    def locality(self, value: int) -> None:
+        self.locality_cell.value = value
 
     # -- data channel ----------------------------------------------------------------------
 
@@ -260,6 +270,12 @@ class Swtpm:
         if not command.prefixed:
             return response
         return U32.pack(len(response)) + response + U32.pack(0)
+
+    def fast_path(self) -> FastPath | None:
+        """How C runs :meth:`execute` for a raw command (a TCG-prefixed one sets the
+        locality, so it goes the Python way): at this front end's locality 0 only."""
+        path = self.tpm.fast_path()
+        return None if path is None else path.behind(gate=((self.locality_cell, 0),))
 
     # -- control channel -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vdev.errors import DeviceError
-from vdev.tpm import commands
+from vdev.tpm import _native, commands
 from vdev.tpm.engine import TpmEngine
 
 VIRTIO_ID_TPM = 31
@@ -77,8 +77,20 @@ class VirtioTpm:
 
     def __init__(self, tpm: TpmEngine) -> None:
         self.tpm = tpm
-        self.status = 0
+        self.ready_cell = _native.Cell(0)
+        """1 while :attr:`ready`; read by the fast path without the GIL."""
+        self._status = 0
         self.driver_features = 0
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, status: int) -> None:
+        self._status = status
+        self.ready_cell.value = int(
+            status & (STATUS_DRIVER_OK | STATUS_NEEDS_RESET) == STATUS_DRIVER_OK)
 
     @property
     def device_features(self) -> int:
@@ -139,20 +151,31 @@ class VirtioTpm:
         response = self._serve(head, chain[0].data, chain[1].length, locality)
         return Used(head, len(response), response)
 
+    @property
+    def ready(self) -> bool:
+        """DRIVER_OK is set and no device error asks for a reset: commands are served."""
+        return self.ready_cell.value == 1
+
     def _serve(self, head: int, command: bytes, capacity: int, locality: int) -> bytes:
         """The device's checks around one command of a well-formed chain, and its response."""
-        status = self.status
-        if not status & STATUS_DRIVER_OK:
-            raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
-                                         f"(status {status:#x})")
-        if status & STATUS_NEEDS_RESET:
+        if not self.ready:
+            status = self.status
+            if not status & STATUS_DRIVER_OK:
+                raise VirtioError(errno.EIO, f"chain {head}: the driver has not set DRIVER_OK "
+                                             f"(status {status:#x})")
             raise VirtioError(errno.EIO, f"chain {head}: the device needs a reset after an "
                                          "earlier device error")
         if len(command) > TPM_BUFSIZE:
             raise VirtioError(errno.EINVAL,
                               f"chain {head}: command of {len(command)} bytes exceeds "
                               f"TPM_BUFSIZE {TPM_BUFSIZE}")
-        response = self.tpm.execute(command, locality)
+        return self.check_response(self.tpm.execute(command, locality), capacity, head)
+
+    def check_response(self, response: bytes, capacity: int = TPM_BUFSIZE,
+                       head: int = 0) -> bytes:
+        """``response`` if the device may put it on the used ring; a response that does not
+        fit ``capacity`` or disagrees with its header's size is a device error.  Also what
+        follows a command that ran on a fast path (:meth:`vdev.tpm.vtpm.VTpm.finish_fast`)."""
         size = len(response)
         if size > capacity:
             self.status |= STATUS_NEEDS_RESET

@@ -39,6 +39,7 @@ from vdev.tpm.chardev import TpmChip, TpmFile
 from vdev.tpm.config import DEFAULT_PCR_BANKS, TpmConfig
 from vdev.tpm.engine import FifoLock, Tpm, TpmEngine, TpmState, check_locality
 from vdev.tpm.errors import TpmInUse, TpmLibraryError, TpmStateError
+from vdev.tpm.fastpath import FastPath
 from vdev.tpm.provision import allocate_pcr_banks, provision_ek_certificate
 from vdev.tpm.space import TPM_PT_TOTAL_COMMANDS, CommandTable, Space
 from vdev.tpm.virtio import VirtioTpm
@@ -220,6 +221,24 @@ class VTpm:
         :meth:`transmit`, and is durable like it; ``send`` must not be used after
         ``sequence`` returns."""
         return self.durable(lambda: sequence(lambda command: self._send(command, locality)))
+
+    def fast_path(self) -> FastPath | None:
+        """How C runs :meth:`transmit` at locality 0 (:class:`~vdev.tpm.fastpath.FastPath`):
+        this vTPM's lock first, the virtio device ready; the response checks and the save
+        are :meth:`_finish_fast`'s.  None for a TPM in a worker process."""
+        if not isinstance(self.engine, Tpm):
+            return None
+        return self.engine.fast_path().behind(lock=self._lock.native,
+                                              gate=((self.virtio.ready_cell, 1),),
+                                              finish=self._finish_fast)
+
+    def _finish_fast(self, _request: bytes, response: bytes) -> bytes:
+        """The rest of a :meth:`transmit` whose command ran on the fast path, which still
+        holds this vTPM's lock: the device's response checks and the save, then release."""
+        try:
+            return self.virtio.check_response(response)
+        finally:
+            self._durable.__exit__()
 
     def _send(self, command: bytes, locality: int | None) -> bytes:
         """One command through the virtio device; the caller holds the lock."""
