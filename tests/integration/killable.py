@@ -20,14 +20,15 @@ DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
 """What a system call on a mount gets once its daemon is gone."""
 
 
-def start_daemon(root: Path, state: Path, log: Path,
-                 config: Path | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(root: Path, state: Path, log: Path, config: Path | None = None,
+                 options: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Mount ``config`` (default: the embedded default host) on ``root`` with ``--state
-    state``; returns once the daemon says it serves."""
+    state`` and ``options``; returns once the daemon says it serves."""
     read_end, write_end = os.pipe()
     daemon = subprocess.Popen(
         [*daemon_command(), "--ready-fd", str(write_end), "--state", str(state),
-         "--log", str(log), *(("--config", str(config)) if config else ()), str(root)],
+         "--log", str(log), *(("--config", str(config)) if config else ()), *options,
+         str(root)],
         pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     os.close(write_end)
@@ -36,7 +37,7 @@ def start_daemon(root: Path, state: Path, log: Path,
         answer = os.read(read_end, 4096).decode() if ready else "no answer within 20 s"
     finally:
         os.close(read_end)
-    if answer != "ready\n":
+    if not answer.endswith("ready\n"):  # after the lines apfs mount prints (TCTI strings)
         daemon.kill()
         daemon.wait()
         raise AssertionError(f"the daemon did not start: {answer!r} (log: {log})")

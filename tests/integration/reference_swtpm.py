@@ -58,7 +58,7 @@ class SwtpmTcp:
         return tcp_transmit(self.port, command)
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A port P with P and P + 1 free on 127.0.0.1 now (swtpm binds both; a race with
     another process is caught by the caller's retry)."""
     while True:
@@ -87,7 +87,7 @@ def swtpm_tcp(state_dir: Path, *, started: bool = True) -> Iterator[SwtpmTcp]:
     state_dir.mkdir(parents=True, exist_ok=True)
     flags = "not-need-init,startup-clear" if started else "not-need-init"
     for _attempt in range(5):
-        port = _free_port_pair()
+        port = free_port_pair()
         process = subprocess.Popen(
             ["swtpm", "socket", "--tpm2",
              "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
