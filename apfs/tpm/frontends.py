@@ -68,7 +68,8 @@ def start(tpm: VTpm, options: FrontEndOptions) -> FrontEnds:
                 servers.serve(first, f"{name} swtpm data", sockets.swtpm_data(core),
                               inline=True)
                 servers.serve(second, f"{name} swtpm control",
-                              sockets.swtpm_control(core, servers, takes_fds=False))
+                              sockets.swtpm_control(core, servers, takes_fds=False),
+                              inline=True)
             else:
                 sizes = mssim.CommandSizes()
                 servers.serve(first, f"{name} mssim command",
@@ -79,7 +80,7 @@ def start(tpm: VTpm, options: FrontEndOptions) -> FrontEnds:
         if options.socket is not None:
             listener = servers.listen_unix(options.socket)
             servers.serve(listener, f"{name} swtpm control socket",
-                          sockets.swtpm_control(core, servers, takes_fds=True))
+                          sockets.swtpm_control(core, servers, takes_fds=True), inline=True)
             lines.append(f"QEMU: {qemu_options(options.socket)}")
     except BaseException:
         servers.close()

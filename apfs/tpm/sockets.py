@@ -184,8 +184,8 @@ class Servers:
               inline: bool = False) -> None:
         """Accept connections on ``listener`` in a thread; each one runs ``handler`` in a
         thread of its own, or with ``inline`` (a handler that calls
-        :meth:`Connection.wait` before each read) in the accepting thread while no other
-        client needs it."""
+        :meth:`Connection.wait` before each read that may wait for the client indefinitely)
+        in the accepting thread while no other client needs it."""
         with self._lock:
             self._listeners.append(listener)
         self._start(self._accept_loop, (listener, name, handler, inline), f"{name} accept")
@@ -354,11 +354,13 @@ def swtpm_data(core: swtpm.Swtpm) -> Handler:
     any number per connection (:class:`vdev.tpm.swtpm.DataReader`).  While no read is
     half-way, raw commands run in C when they may (:class:`_Pump`)."""
 
+    path = core.fast_path()  # once: the same locks and cells for every connection
+
     def handle(connection: Connection) -> None:
         reader = swtpm.DataReader()
         sock, wait, feed, execute = connection.sock, connection.wait, reader.feed, core.execute
         recv, sendall = sock.recv, sock.sendall
-        pump = _Pump.of(core.fast_path())
+        pump = _Pump.of(path)
         try:
             while True:
                 if pump is not None and not reader.pending:
@@ -399,6 +401,7 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
                 sock.settimeout(max(0.0, deadline - time.monotonic()))
             else:
                 sock.settimeout(None)
+                connection.wait()  # between requests: may hand the accepting over
                 deadline = time.monotonic() + swtpm.REQUEST_TIMEOUT
             fds: list[int] = []
             try:
@@ -461,11 +464,12 @@ def _close_fds(fds: list[int]) -> None:
 def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tpm: VTpm,
                sizes: mssim.CommandSizes) -> Handler:
     """The mssim command or platform port."""
+    path = mssim.fast_path(tpm, sizes) if port_type is mssim.CommandPort else None
 
     def handle(connection: Connection) -> None:
         sock, label = connection.sock, connection.label
         port = port_type(tpm, sizes)
-        pump = _Pump.of(port.fast_path()) if isinstance(port, mssim.CommandPort) else None
+        pump = _Pump.of(path)
         while True:
             try:
                 if pump is not None and not port.pending:

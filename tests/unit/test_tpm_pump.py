@@ -174,7 +174,7 @@ def port(vtpm: VTpm) -> mssim.CommandPort:
 
 
 def mssim_pump(port: mssim.CommandPort) -> _pump.Pump:
-    path = port.fast_path()
+    path = mssim.fast_path(port.tpm, port.sizes)
     assert path is not None and path.framing == "mssim"
     return _pump.Pump(path.process, path.locks, path.gate, path.stores, _pump.MSSIM,
                       path.limits)
@@ -203,7 +203,7 @@ def test_mssim_a_command_beyond_the_size_record_is_finished_by_python_which_reco
     what, request, response = pump.serve(server.fileno(), -1)
     talker.join(10)
     assert (what, request) == (_pump.TAIL, send_command(big))
-    path = port.fast_path()
+    path = mssim.fast_path(port.tpm, port.sizes)
     assert path is not None and path.finish is not None
     framed = path.finish(request, response)
     size = struct.unpack(">I", framed[:4])[0]

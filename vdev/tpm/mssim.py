@@ -112,6 +112,24 @@ def _framed(response: bytes) -> bytes:
     return b"".join((U32.pack(len(response)), response, ACK))
 
 
+def fast_path(tpm: VTpm, sizes: CommandSizes) -> FastPath | None:
+    """How C runs the command port's SEND_COMMAND at locality 0 (:mod:`vdev.tpm.fastpath`),
+    for every connection of a server whose ports share ``sizes``: a command or response
+    larger than the size record is finished here, which records it."""
+    path = tpm.fast_path()
+    if path is None:
+        return None
+    vtpm_finish = path.finish
+    assert vtpm_finish is not None
+
+    def finish(request: bytes, response: bytes) -> bytes:
+        response = vtpm_finish(request, response)
+        sizes.record(request[9:], response)
+        return _framed(response)
+
+    return path.behind(finish=finish, framing="mssim", limits=sizes.limits)
+
+
 class CommandSizes:
     """The largest command and response seen (GET_COMMAND_RESPONSE_SIZES), per front end."""
 
@@ -197,22 +215,6 @@ class CommandPort(_Port):
         response = run_command(self.tpm, command, locality)
         self.sizes.record(command, response)
         return Reply(_framed(response))
-
-    def fast_path(self) -> FastPath | None:
-        """How C runs SEND_COMMAND at locality 0 (:mod:`vdev.tpm.fastpath`): what changes
-        the size record is finished here."""
-        path = self.tpm.fast_path()
-        if path is None:
-            return None
-        vtpm_finish = path.finish
-        assert vtpm_finish is not None
-
-        def finish(request: bytes, response: bytes) -> bytes:
-            response = vtpm_finish(request, response)
-            self.sizes.record(request[9:], response)
-            return _framed(response)
-
-        return path.behind(finish=finish, framing="mssim", limits=self.sizes.limits)
 
     def _signal(self, code: int, data: bytes) -> Reply:
         """_TPM_Hash_Start/Data/End: ibmswtpm2 acknowledges them whatever happens."""
