@@ -26,6 +26,8 @@ typedef struct {
     unsigned long long serving; /* the ticket that holds the lock, when next != serving */
 } FifoLock;
 
+/* -- FifoLock ------------------------------------------------------------------------ */
+
 static int fifo_try_acquire(PyObject *self)
 {
     FifoLock *lock = (FifoLock *)self;
@@ -63,8 +65,6 @@ static int fifo_release(PyObject *self)
     pthread_mutex_unlock(&lock->mutex);
     return held ? 0 : -1;
 }
-
-/* -- FifoLock ------------------------------------------------------------------------ */
 
 static PyObject *FifoLock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -130,53 +130,6 @@ static PyObject *FifoLock_waiting(PyObject *self, void *closure)
     return PyLong_FromUnsignedLongLong(waiting);
 }
 
-/* -- Cell ---------------------------------------------------------------------------- */
-
-static PyObject *Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    static char *names[] = {"value", NULL};
-    long value = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|l:Cell", names, &value))
-        return NULL;
-    NativeCell *cell = (NativeCell *)type->tp_alloc(type, 0);
-    if (cell != NULL)
-        __atomic_store_n(&cell->value, value, __ATOMIC_RELAXED);
-    return (PyObject *)cell;
-}
-
-static PyObject *Cell_get(PyObject *self, void *closure)
-{
-    return PyLong_FromLong(__atomic_load_n(&((NativeCell *)self)->value, __ATOMIC_RELAXED));
-}
-
-static int Cell_set(PyObject *self, PyObject *value, void *closure)
-{
-    long number = value == NULL ? -1 : PyLong_AsLong(value);
-    if (value == NULL)
-        PyErr_SetString(PyExc_AttributeError, "Cell.value cannot be deleted");
-    if (PyErr_Occurred())
-        return -1;
-    __atomic_store_n(&((NativeCell *)self)->value, number, __ATOMIC_RELAXED);
-    return 0;
-}
-
-static PyGetSetDef Cell_getset[] = {
-    {"value", Cell_get, Cell_set, "The integer.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject CellType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "vdev.tpm._native.Cell",
-    .tp_basicsize = sizeof(NativeCell),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Cell(value=0): an integer that C code reads without the GIL.",
-    .tp_new = Cell_new,
-    .tp_getset = Cell_getset,
-};
-
-/* -- FifoLock ------------------------------------------------------------------------ */
-
 static PyMethodDef FifoLock_methods[] = {
     {"try_acquire", FifoLock_try_acquire, METH_NOARGS,
      "Take the lock if it is free and nobody waits for it; never waits."},
@@ -205,6 +158,55 @@ static PyTypeObject FifoLockType = {
     .tp_methods = FifoLock_methods,
     .tp_getset = FifoLock_getset,
 };
+
+/* -- Cell ---------------------------------------------------------------------------- */
+
+static PyObject *Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"value", NULL};
+    long value = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|l:Cell", names, &value))
+        return NULL;
+    NativeCell *cell = (NativeCell *)type->tp_alloc(type, 0);
+    if (cell != NULL)
+        __atomic_store_n(&cell->value, value, __ATOMIC_RELAXED);
+    return (PyObject *)cell;
+}
+
+static PyObject *Cell_get(PyObject *self, void *closure)
+{
+    return PyLong_FromLong(__atomic_load_n(&((NativeCell *)self)->value, __ATOMIC_RELAXED));
+}
+
+static int Cell_set(PyObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Cell.value cannot be deleted");
+        return -1;
+    }
+    long number = PyLong_AsLong(value);
+    if (number == -1 && PyErr_Occurred())
+        return -1;
+    __atomic_store_n(&((NativeCell *)self)->value, number, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static PyGetSetDef Cell_getset[] = {
+    {"value", Cell_get, Cell_set, "The integer.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "vdev.tpm._native.Cell",
+    .tp_basicsize = sizeof(NativeCell),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Cell(value=0): an integer that C code reads without the GIL.",
+    .tp_new = Cell_new,
+    .tp_getset = Cell_getset,
+};
+
+/* -- the module ---------------------------------------------------------------------- */
 
 static struct NativeApi api = {
     .lock_type = &FifoLockType,
