@@ -6,12 +6,14 @@ tpm2-tools acceptance sequence over these TCTIs is test_tpm2_tools.py's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,6 +172,72 @@ def test_a_stalled_client_stalls_nobody(tcp: TpmMount) -> None:
     assert not log_lines(tcp, "hung up")
     stalled.close()
     assert wait_until(lambda: len(log_lines(tcp, "hung up in the middle of a request")) == 1)
+
+
+EXTENDS = 150
+
+
+def extend_chain(start: bytes, client: str) -> tuple[list[bytes], bytes]:
+    """The PCR_Extend digests of ``client`` and the PCR value they lead to from ``start``."""
+    digests = [hashlib.sha256(f"{client} {i}".encode()).digest() for i in range(EXTENDS)]
+    value = start
+    for digest in digests:
+        value = hashlib.sha256(value + digest).digest()
+    return digests, value
+
+
+def test_commands_run_in_c_and_in_python_share_the_tpm_one_at_a_time(tcp: TpmMount) -> None:
+    """Three socket clients (their commands run in C, apfs/tpm/_pump.c) and a dev/tpm0
+    client (its commands in a worker thread, in Python) extend a PCR each, while the
+    dev/tpm0 client also makes ECC primaries that hold the TPM for a while: every command
+    succeeds, and every PCR ends as hashlib computes it.  A command run while another
+    caller held the TPM would break libtpms's state, and a lost or swapped response the
+    chains."""
+    protocol = tcp.tcti.split(":")[0]
+    pcrs = {"socket-a": 10, "socket-b": 11, "socket-c": 12, "dev-tpm0": 13}
+    start = {name: bytes.fromhex(tcp.mount.read(f"sys/class/tpm/tpm0/pcr-sha256/{pcr}"))
+             for name, pcr in pcrs.items()}
+    failures: list[str] = []
+
+    def over_socket(name: str) -> None:
+        with connect(tcp.port) as sock:
+            for digest in extend_chain(start[name], name)[0]:
+                command = commands.pcr_extend(pcrs[name], {"sha256": digest})
+                rc = commands.response_code(tpm_round_trip(sock, protocol, command))
+                if rc:
+                    failures.append(f"{name}: PCR_Extend answered {rc:#x}")
+
+    def over_device(name: str) -> None:
+        fd = os.open(tcp.mount.root / "dev/tpm0", os.O_RDWR)
+        try:
+            for i, digest in enumerate(extend_chain(start[name], name)[0]):
+                sent = [commands.pcr_extend(pcrs[name], {"sha256": digest})]
+                if i % 30 == 0:
+                    sent.append(commands.create_primary("ecc256"))
+                for command in sent:
+                    os.write(fd, command)
+                    response = os.read(fd, 4096)
+                    if commands.response_code(response):
+                        failures.append(f"{name}: {command[6:10].hex()} answered "
+                                        f"{commands.response_code(response):#x}")
+                    elif command is not sent[0]:
+                        os.write(fd, commands.flush_context(commands.created_handle(response)))
+                        os.read(fd, 4096)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=over_device if name == "dev-tpm0" else over_socket,
+                                args=(name,)) for name in pcrs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 4)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures[:5]
+    for name, pcr in pcrs.items():
+        expected = extend_chain(start[name], name)[1]
+        assert tcp.mount.read(f"sys/class/tpm/tpm0/pcr-sha256/{pcr}") == \
+            expected.hex().upper() + "\n", name
 
 
 def test_sigterm_closes_the_servers(tmp_path: Path) -> None:
