@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 import pyfuse3
 import trio
 
+from apfs.background import lower_this_thread
 from apfs.kernfs import Device, DeviceHandle, Handle, PathError, Worker
 from apfs.tree import FUSE_ROOT_INO, Invalidations, Lookup, Tree
 from vdev.errors import DeviceError, WouldWait
@@ -452,7 +453,7 @@ class SysfsOperations(pyfuse3.Operations):
         if limiter is None:
             limiter = self._queues[queue] = trio.CapacityLimiter(1)
         self.hand_over()
-        return await trio.to_thread.run_sync(call, *args, limiter=limiter)
+        return await trio.to_thread.run_sync(_in_background, call, *args, limiter=limiter)
 
     # -- what sysfs refuses ----------------------------------------------------------------
 
@@ -491,3 +492,9 @@ _HANDLERS = frozenset(
 )
 """Every pyfuse3 request handler this class implements: each is wrapped by :func:`_guarded`."""
 assert FUSE_ROOT_INO == pyfuse3.ROOT_INODE
+
+
+def _in_background(call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)`` in a worker thread at background priority (:mod:`apfs.background`)."""
+    lower_this_thread()
+    return call(*args)

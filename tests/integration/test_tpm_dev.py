@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Mount, MountFactory
+from helpers import daemon_pid
 from tpm2_tools import run_acceptance
 
+from apfs.background import BACKGROUND_NICE
 from vdev.ap.host import DEFAULT_HOST_TOML
 from vdev.tpm import commands as cmd
 
@@ -302,3 +304,22 @@ def test_random_traffic_on_both_nodes_keeps_the_mount_and_the_tpm_working(
         assert cmd.response_code(tpm0.send(cmd.flush_context(handle))) == 0
     tpm0.close()
     run_acceptance(f"device:{mount.root}/dev/tpmrm0", tmp_path / "after", resource_manager=True)
+
+
+def test_a_command_in_the_queue_runs_at_background_priority(mount: Mount,
+                                                           tpm0: Opened) -> None:
+    """A primary (not a quick command) runs in a worker thread at nice BACKGROUND_NICE
+    (apfs.background): the request loop's thread keeps its priority."""
+    pid = daemon_pid(mount.root)
+    assert pid is not None
+    handle = cmd.created_handle(tpm0.send(cmd.create_primary("ecc256")))
+    tpm0.send(cmd.flush_context(handle))
+    nice = {int(tid): nice_of_task(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")}
+    assert nice[pid] == 0, nice
+    assert BACKGROUND_NICE in nice.values(), nice
+
+
+def nice_of_task(pid: int, tid: str) -> int:
+    """Field 19 of /proc/PID/task/TID/stat (after the command name in parentheses)."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
