@@ -82,6 +82,8 @@ SET_CASES = [
             lambda b: header(b.plain, version=1, flags=0), sw.TPM_SUCCESS),
     SetCase("header version 3 (min 1): nothing read, the state stays", 0, PERMANENT,
             lambda b: header(b.body, version=3), sw.TPM_SUCCESS),
+    SetCase("a TLV of another tag before MIGRATION_DATA is skipped", 0, PERMANENT,
+            lambda b: header(tlv(TAG_HMAC, b"x") + b.body), sw.TPM_SUCCESS),
     SetCase("no MIGRATION_DATA TLV", 0, PERMANENT, lambda b: header(tlv(blob.TAG_DATA, b.plain)),
             blob.TPM_FAIL),
     SetCase("no DATA TLV inside MIGRATION_DATA", 0, PERMANENT,

@@ -22,8 +22,11 @@ Differences from swtpm, on purpose: ``CMD_SHUTDOWN`` (what QEMU sends when it ex
 gracefully) ends swtpm's process and its TPM with it; the mount outlives its clients, so the
 TPM stays as the guest left it, its PCRs readable in the mount, until the next client's
 ``CMD_INIT`` restarts it; ``CMD_STORE_VOLATILE`` succeeds without writing a file (state goes
-to disk only through apfs's ``--state``); state blobs are never encrypted (no ``--key``).
-State blobs are swtpm's (:mod:`vdev.tpm.swtpm_blob`), interchangeable with a real swtpm's.
+to disk only through apfs's ``--state``); state blobs are never encrypted (no ``--key``);
+a blob CMD_SET_STATEBLOB accepts is imported (and saved) at once, where swtpm caches it for
+the next CMD_INIT and forgets it again when an empty blob of its type or a blob libtpms
+refuses follows (then swtpm starts from its files).  State blobs are swtpm's
+(:mod:`vdev.tpm.swtpm_blob`), interchangeable with a real swtpm's.
 """
 
 from __future__ import annotations
