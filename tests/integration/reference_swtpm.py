@@ -9,6 +9,7 @@ the swtpm protocol that speak to it and to apfs alike.
   ``-tpmdev emulator`` needs it.
 - :func:`tcp_transmit`: one raw command over a swtpm data port (a connection per command,
   as tpm2-tss's swtpm TCTI does).
+- :func:`ctrl_tcp` / :func:`get_stateblob_tcp`: a control request on a TCP control port.
 - :func:`ctrl_request` / :func:`transmit_via_datafd`: the control channel on a UNIX socket,
   ``CMD_SET_DATAFD`` with a socketpair end passed by SCM_RIGHTS, then commands on the pair.
 """
@@ -173,14 +174,30 @@ def tcp_transmit(port: int, command: bytes) -> bytes:
         return recv_response(sock)
 
 
+def ctrl_tcp(ctrl_port: int, request: bytes, reply_size: int = 4) -> bytes:
+    """One control request (command and payload) on a TCP control port (a connection per
+    request); ``reply_size`` bytes of reply."""
+    with socket.create_connection(("127.0.0.1", ctrl_port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request)
+        return recv_exactly(sock, reply_size)
+
+
 def ctrl_init_tcp(ctrl_port: int) -> None:
     """``CMD_INIT`` (flags 0) on a TCP control port: the TPM is re-initialised, powered and
     waiting for TPM2_Startup, as swtpm started with ``--flags not-need-init`` alone."""
-    with socket.create_connection(("127.0.0.1", ctrl_port), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(struct.pack(">II", CMD_INIT, 0))
-        (result,) = struct.unpack(">I", recv_exactly(sock, 4))
+    (result,) = struct.unpack(">I", ctrl_tcp(ctrl_port, struct.pack(">II", CMD_INIT, 0)))
     if result != 0:
         raise RuntimeError(f"CMD_INIT on port {ctrl_port} answered result {result:#x}")
+
+
+def get_stateblob_tcp(ctrl_port: int, request: bytes) -> bytes:
+    """A CMD_GET_STATEBLOB ``request``'s whole reply: the 16-byte ``ptm_getstate`` response
+    (result, flags, totlength, length), then the ``length`` bytes of data it announces."""
+    with socket.create_connection(("127.0.0.1", ctrl_port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request)
+        header = recv_exactly(sock, 16)
+        (length,) = struct.unpack_from(">I", header, 12)
+        return header + recv_exactly(sock, length)
 
 
 def ctrl_request(ctrl: Path, cmd: int, payload: bytes = b"", reply_size: int = 4,

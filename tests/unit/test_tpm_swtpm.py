@@ -10,8 +10,9 @@ import struct
 
 import pytest
 
+from tests.unit import swtpm_blob_cases as cases
 from tests.unit.tpm_helpers import ok, require_libtpms
-from vdev.tpm import commands
+from vdev.tpm import commands, swtpm_blob
 from vdev.tpm import swtpm as sw
 from vdev.tpm.frontend import Malformed
 from vdev.tpm.vtpm import VTpm
@@ -142,33 +143,66 @@ def test_cancel_store_volatile_get_config(core: sw.Swtpm) -> None:
     assert ctrl(core, sw.CMD_GET_CONFIG) == bytes(8)
 
 
-def test_stateblobs_get_while_running_set_while_stopped(core: sw.Swtpm, vtpm: VTpm) -> None:
-    """GET_STATEBLOB while running (all of it in one reply, or from an offset), then
-    SET_STATEBLOB only while stopped, checked by libtpms, in effect after INIT."""
-    reply = ctrl(core, sw.CMD_GET_STATEBLOB, struct.pack(">III", 0, sw.BLOB_PERMANENT, 0))
+def get_blob(core: sw.Swtpm, blob_type: int, offset: int = 0) -> bytes:
+    """GET_STATEBLOB's data, after checking its reply header (result 0, all in one piece)."""
+    reply = core.control(cases.get_request(blob_type, offset)).data
     res, flags, total, length = struct.unpack_from(">IIII", reply)
-    blob = reply[16:]
-    assert (res, flags) == (0, 0) and total == length == len(blob) > 1000
-    tail = ctrl(core, sw.CMD_GET_STATEBLOB, struct.pack(">III", 0, sw.BLOB_PERMANENT, 100))
-    assert tail[16:] == blob[100:]
-    volatile = ctrl(core, sw.CMD_GET_STATEBLOB, struct.pack(">III", 0, sw.BLOB_VOLATILE, 0))
-    assert volatile[:4] == bytes(4) and len(volatile) > 16
-    assert result(core, sw.CMD_GET_STATEBLOB, struct.pack(">III", 0, 9, 0)) == \
-        sw.TPM_BAD_PARAMETER
+    assert (res, flags) == (0, 0) and total == length == len(reply) - 16
+    return reply[16:]
 
-    set_blob = struct.pack(">III", 0, sw.BLOB_PERMANENT, len(blob)) + blob
-    assert result(core, sw.CMD_SET_STATEBLOB, set_blob) == sw.TPM_BAD_ORDINAL  # running
+
+def test_stateblobs_are_swtpms_wrapped_libtpms_blobs(core: sw.Swtpm, vtpm: VTpm) -> None:
+    """GET_STATEBLOB while running: swtpm's header and TLVs around libtpms's blob, all of
+    it in one reply or from an offset of the wrapped blob; SET_STATEBLOB only while stopped,
+    checked by libtpms, in effect after INIT."""
+    permanent = get_blob(core, sw.BLOB_PERMANENT)
+    plain = vtpm.engine.get_state().permanent
+    assert permanent == swtpm_blob.wrap(plain)
+    assert permanent[:10] == bytes.fromhex("0201000a0004") + U32.pack(len(plain) + 22)
+    assert get_blob(core, sw.BLOB_PERMANENT, 100) == permanent[100:]
+    assert swtpm_blob.unwrap(get_blob(core, sw.BLOB_VOLATILE)) == \
+        vtpm.engine.get_state().volatile
+
+    set_blob = cases.SET_CASES[0].request(cases.Blobs(permanent, b""))
+    assert core.control(set_blob).data == U32.pack(sw.TPM_BAD_ORDINAL)  # running
     result(core, sw.CMD_STOP)
     assert result(core, sw.CMD_GET_STATEBLOB, bytes(12)) == sw.TPM_BAD_ORDINAL  # stopped
-    assert result(core, sw.CMD_SET_STATEBLOB, set_blob[:-1]) == sw.TPM_BAD_PARAMETER
-    garbage = struct.pack(">III", 0, sw.BLOB_PERMANENT, 100) + bytes(100)
-    reply = core.control(U32.pack(sw.CMD_SET_STATEBLOB) + garbage)
-    assert reply.data != U32.pack(0) and reply.log
-    encrypted = struct.pack(">III", sw.STATE_FLAG_ENCRYPTED, sw.BLOB_PERMANENT, 4) + bytes(4)
-    assert result(core, sw.CMD_SET_STATEBLOB, encrypted) == sw.TPM_FAIL
-    assert result(core, sw.CMD_SET_STATEBLOB, set_blob) == sw.TPM_SUCCESS
+    assert core.control(set_blob[:-1]).data == U32.pack(sw.TPM_BAD_PARAMETER)
+    assert core.control(set_blob).data == bytes(4)
     assert result(core, sw.CMD_INIT, U32.pack(sw.INIT_DELETE_VOLATILE)) == sw.TPM_SUCCESS
-    assert vtpm.engine.get_state().permanent[:64] == blob[:64]
+    assert vtpm.engine.get_state().permanent == plain
+
+
+@pytest.mark.parametrize(("blob_type", "offset", "expected"), cases.GET_CASES)
+def test_get_stateblob_of_each_type_as_swtpm_answers(core: sw.Swtpm, blob_type: int,
+                                                     offset: int,
+                                                     expected: bytes | None) -> None:
+    reply = core.control(cases.get_request(blob_type, offset))
+    if expected is None:
+        assert reply.data[16:22] == bytes.fromhex("0201000a0004")
+        return
+    assert reply.data == expected
+    assert (reply.log is None) == (expected[:4] == bytes(4)), reply.log
+
+
+def test_set_stateblob_refusals_as_swtpm_answers(core: sw.Swtpm, vtpm: VTpm) -> None:
+    """The shared table (tests/unit/swtpm_blob_cases.py, proven against real swtpm by the
+    differential test), each refusal with its log line; the TPM ends with its own state."""
+    blobs = cases.Blobs(get_blob(core, sw.BLOB_PERMANENT), get_blob(core, sw.BLOB_VOLATILE))
+    plain = blobs.plain
+    result(core, sw.CMD_STOP)
+    for case in cases.SET_CASES:
+        reply = core.control(case.request(blobs))
+        code = U32.unpack(reply.data)[0]
+        if case.result is None:
+            assert code not in (0, sw.TPM_FAIL), case.name  # libtpms's own refusal
+        else:
+            assert code == case.result, f"{case.name}: {code:#x}"
+        assert (reply.log is None) == (code == 0), f"{case.name}: {reply.log}"
+        if reply.log:
+            assert reply.log.startswith("swtpm control CMD_SET_STATEBLOB"), reply.log
+    assert result(core, sw.CMD_INIT, U32.pack(0)) == sw.TPM_SUCCESS
+    assert vtpm.engine.get_state().permanent == plain
 
 
 def test_shutdown_leaves_the_tpm_as_its_client_left_it(core: sw.Swtpm, vtpm: VTpm) -> None:

@@ -22,7 +22,11 @@ Differences from swtpm, on purpose: ``CMD_SHUTDOWN`` (what QEMU sends when it ex
 gracefully) ends swtpm's process and its TPM with it; the mount outlives its clients, so the
 TPM stays as the guest left it, its PCRs readable in the mount, until the next client's
 ``CMD_INIT`` restarts it; ``CMD_STORE_VOLATILE`` succeeds without writing a file (state goes
-to disk only through apfs's ``--state``); state blobs are never encrypted (no ``--key``).
+to disk only through apfs's ``--state``); state blobs are never encrypted (no ``--key``);
+a blob CMD_SET_STATEBLOB accepts is imported (and saved) at once, where swtpm caches it for
+the next CMD_INIT and forgets it again when an empty blob of its type or a blob libtpms
+refuses follows (then swtpm starts from its files).  State blobs are swtpm's
+(:mod:`vdev.tpm.swtpm_blob`), interchangeable with a real swtpm's.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from vdev.tpm.engine import MAX_LOCALITY, TpmState
 from vdev.tpm.errors import TpmError, TpmLibraryError, TpmStateError
 from vdev.tpm.fastpath import FastPath
 from vdev.tpm.frontend import MAX_BLOB, MAX_COMMAND, U32, Malformed, run_command
+from vdev.tpm.swtpm_blob import TPM_BAD_PARAMETER, TPM_FAIL, BlobRefused, unwrap, wrap
 from vdev.tpm.vtpm import VTpm
 
 # -- control commands (swtpm's include/swtpm/tpm_ioctl.h) ----------------------------------
@@ -62,13 +67,14 @@ CMD_GET_INFO = 0x12
 
 CMD_NAMES = {value: name for name, value in globals().items() if name.startswith("CMD_")}
 
-# -- results: TPM 1.2 TPM_RESULT codes, as ctrlchannel.c answers ---------------------------
+# -- results: TPM 1.2 TPM_RESULT codes, as ctrlchannel.c answers (TPM_BAD_PARAMETER and
+# TPM_FAIL come with the state blob checks of vdev.tpm.swtpm_blob) -------------------------
 TPM_SUCCESS = 0
-TPM_BAD_PARAMETER = 0x03
-TPM_FAIL = 0x09
 TPM_BAD_ORDINAL = 0x0A
 TPM_IOERROR = 0x1F
+TPM_BAD_TYPE = 0x34
 TPM_BAD_LOCALITY = 0x3D
+TPM_RETRY = 0x800
 
 CAPABILITIES = 0xFFFF
 """swtpm 0.7.1 for a TPM 2.0: PTM_CAP_INIT (1) through PTM_CAP_GET_INFO (1 << 14), with
@@ -80,6 +86,8 @@ STATE_FLAG_ENCRYPTED = 2
 BLOB_PERMANENT, BLOB_VOLATILE, BLOB_SAVESTATE = 1, 2, 3
 BLOB_NAMES = {BLOB_PERMANENT: "permanent", BLOB_VOLATILE: "volatile",
               BLOB_SAVESTATE: "savestate"}
+GET_STATEBLOB_REPLY = struct.Struct(">IIII")
+"""``ptm_getstate``'s response before its data: result, state flags, totlength, length."""
 INFO_BUFFER = 4096
 """``ptm_getinfo``'s response buffer: longer JSON is fetched in pieces by offset."""
 
@@ -400,19 +408,20 @@ class Swtpm:
         return _result(TPM_SUCCESS)  # nothing to write: see the module's docstring
 
     def _get_stateblob(self, body: bytes) -> ControlReply:
+        # Request flag DECRYPTED (1) asks to undo the state key's encryption: there is none.
         _flags, blob_type, offset = struct.unpack_from(">III", body)
-        if blob_type not in BLOB_NAMES:
-            return _result(TPM_BAD_PARAMETER, f"swtpm control CMD_GET_STATEBLOB: unknown blob "
-                                              f"type {blob_type}")
+        if blob_type not in (BLOB_PERMANENT, BLOB_VOLATILE):
+            # swtpm finds no such blob to load: a TPM 2.0's libtpms never writes a savestate
+            # blob (Shutdown(STATE) goes into the permanent one), other types have no name.
+            name = BLOB_NAMES.get(blob_type, f"type {blob_type}")
+            return ControlReply(GET_STATEBLOB_REPLY.pack(TPM_RETRY, 0, 0, 0),
+                                log=f"swtpm control CMD_GET_STATEBLOB: no {name} blob")
         state = self.tpm.engine.get_state()
-        # libtpms's savestate blob is what a Shutdown(STATE) left; this engine keeps it in
-        # the permanent blob, so the savestate blob is empty (as swtpm's without one).
-        blob = {BLOB_PERMANENT: state.permanent, BLOB_VOLATILE: state.volatile}.get(
-            blob_type, b"")
-        data = blob[offset:]
+        plain = state.permanent if blob_type == BLOB_PERMANENT else state.volatile
+        data = wrap(plain)[offset:]
         # One response with all of it (QEMU requires totlength == length on sockets).
-        header = struct.pack(">IIII", TPM_SUCCESS, 0, len(data), len(data))
-        return ControlReply(header + data)
+        return ControlReply(GET_STATEBLOB_REPLY.pack(TPM_SUCCESS, 0, len(data), len(data))
+                            + data)
 
     def _set_stateblob(self, body: bytes) -> ControlReply:
         flags, blob_type, length = struct.unpack_from(">III", body)
@@ -420,23 +429,27 @@ class Swtpm:
         if len(data) != length:
             return _result(TPM_BAD_PARAMETER, f"swtpm control CMD_SET_STATEBLOB: length "
                                               f"{length} but {len(data)} bytes of data")
-        if flags & STATE_FLAG_ENCRYPTED:
-            return _result(TPM_FAIL, "swtpm control CMD_SET_STATEBLOB: an encrypted blob "
-                                     "needs a key, and this TPM has none")
-        if blob_type not in BLOB_NAMES:
+        name = BLOB_NAMES.get(blob_type)
+        if name is None:
             return _result(TPM_BAD_PARAMETER, f"swtpm control CMD_SET_STATEBLOB: unknown blob "
                                               f"type {blob_type}")
+        try:
+            plain = unwrap(data, encrypted=bool(flags & STATE_FLAG_ENCRYPTED))
+        except BlobRefused as exc:
+            return _result(exc.result, f"swtpm control CMD_SET_STATEBLOB {name}: "
+                                       f"{exc.message}")
+        if plain is None:
+            return _result(TPM_SUCCESS)  # swtpm's TPMLIB_SetState(NULL): the state stays
         if blob_type == BLOB_SAVESTATE:
-            if data:
-                return _result(TPM_FAIL, "swtpm control CMD_SET_STATEBLOB: a savestate blob "
-                                         "is not supported (the permanent blob carries it)")
-            return _result(TPM_SUCCESS)
+            # libtpms's TPM2_SetState answer: a TPM 2.0 has no savestate blob to take.
+            return _result(TPM_BAD_TYPE, "swtpm control CMD_SET_STATEBLOB savestate: libtpms "
+                                         "takes no savestate blob for a TPM 2.0")
         # Applied now, so libtpms checks it now; QEMU sends the permanent blob first, then
         # the volatile one that belongs to it.
         if blob_type == BLOB_PERMANENT:
-            self.tpm.import_state(TpmState(data))
+            self.tpm.import_state(TpmState(plain))
         else:
-            self.tpm.import_state(TpmState(self.tpm.engine.get_state().permanent, data))
+            self.tpm.import_state(TpmState(self.tpm.engine.get_state().permanent, plain))
         return _result(TPM_SUCCESS)
 
     def _get_config(self, body: bytes) -> ControlReply:
