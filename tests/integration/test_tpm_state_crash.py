@@ -100,8 +100,6 @@ def write_until_dead(channel: Channel, first: int) -> int:
 @pytest.mark.parametrize("through", ["dev-tpm0", "swtpm-data-port"])
 def test_every_acknowledged_nv_write_survives_sigkill_of_the_daemon(tmp_path: Path,
                                                                     through: str) -> None:
-    port = free_port_pair() if through == "swtpm-data-port" else None
-    options = ("--tpm-port", str(port)) if port else ()
     root = tmp_path / "mnt"
     root.mkdir()
     state, log = tmp_path / "state", tmp_path / "daemon.log"
@@ -114,7 +112,11 @@ def test_every_acknowledged_nv_write_survives_sigkill_of_the_daemon(tmp_path: Pa
     daemon: subprocess.Popen[bytes] | None = None
     try:
         for cycle in range(CYCLES + 1):
-            daemon = start_daemon(root, state, log, options=options)
+            # A pair chosen anew for each daemon: one kept across restarts was taken by
+            # another program's connection in between once.
+            port = free_port_pair() if through == "swtpm-data-port" else None
+            daemon = start_daemon(root, state, log,
+                                  options=("--tpm-port", str(port)) if port else ())
             channel = Channel(root, port)
             if cycle == 0:
                 define = cmd.nv_define_space(cmd.TPM_RH_OWNER, INDEX, 8, cmd.NV_ORDINARY_OWNER)
