@@ -24,12 +24,17 @@
  *             another client waits, or it is a long one (a second command): a new thread
  *             should accept; call again with listen_fd -1.
  *
- * Framings (what the Python readers do, vdev.tpm.swtpm.DataReader, vdev.tpm.mssim):
+ * Framings (what the Python readers do, vdev.tpm.swtpm.DataReader, vdev.tpm.mssim, and
+ * vdev.tpm.swtpm.Swtpm.control):
  *   SWTPM  swtpm 0.7.1's data channel: one read of at least a header's 10 bytes is one
  *          command; taken when raw (tag 0x8001/0x8002) and at most TPM_BUFSIZE bytes.
  *   MSSIM  the simulator's command port: u32 8 (SEND_COMMAND), u8 locality, u32 N, N bytes,
  *          read until complete; answered u32 M, M bytes, u32 0.  Taken at locality 0, with
  *          nothing after it in the reads.
+ *   CONTROL  swtpm's control channel: CMD_SET_LOCALITY (u32 5, u8 locality, bare or padded
+ *          to 4 bytes: tpm2-tss's TCTI sends it on a connection of its own for every tool)
+ *          with a locality of 0..4 sets the locality cell and is answered u32 0; every
+ *          other request is Python's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,17 +45,22 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "_native.h"
 
-enum { CLOSED = 0, OTHER = 1, TAIL = 2, HANDOVER = 3 };
-enum { SWTPM = 0, MSSIM = 1 };
+enum { CLOSED = 0, OTHER = 1, TAIL = 2, HANDOVER = 3, FAILED = 4, STOPPED = 5 };
+enum { SWTPM = 0, MSSIM = 1, CONTROL = 2 };
 
 #define HEADER_SIZE 10
 #define TPM_BUFSIZE 4096 /* the virtio device's buffer (vdev.tpm.virtio) */
 #define MSSIM_PREFIX 9
 #define MSSIM_SEND_COMMAND 8
+#define CMD_SET_LOCALITY 5 /* swtpm's control channel */
+#define MAX_LOCALITY 4
 /* vdev.tpm.swtpm.READ_SIZE, a command and the TCG prefix; also the largest mssim request */
 #define READ_SIZE (TPM_BUFSIZE + MSSIM_PREFIX)
 #define MAX_GATE 8
@@ -68,11 +78,16 @@ typedef struct {
     PyObject *gate;   /* tuple of (Cell, int); kept for the references */
     PyObject *stores; /* Cell: moves when libtpms stores its permanent state */
     PyObject *limits; /* None or (Cell, Cell): command and response sizes run here */
+    PyObject *locality; /* CONTROL: the Cell that CMD_SET_LOCALITY sets */
     Py_ssize_t gates;
     PyObject *gate_cells[MAX_GATE];
     long gate_values[MAX_GATE];
     unsigned char *response; /* libtpms (re)allocates it; kept across commands */
     uint32_t response_size;
+    struct timeval send_timeout; /* SO_SNDTIMEO of the connections accept() takes */
+    pthread_mutex_t guard;       /* current and stopping, for stop() from another thread */
+    int current;                 /* the connection accept() serves, or -1 */
+    int stopping;
 } Pump;
 
 /* One request as read: buf[0:length], the command at buf[command:command + size]. */
@@ -85,7 +100,7 @@ typedef struct {
 
 /* What the loop came to, for Python. */
 typedef struct {
-    int what; /* CLOSED, OTHER, TAIL, HANDOVER; -1: errno in error */
+    int what; /* CLOSED, OTHER, TAIL, HANDOVER, FAILED (errno in error), STOPPED */
     int error;
     uint32_t response; /* TAIL: the response's length */
 } Step;
@@ -190,7 +205,7 @@ static int read_request(Pump *pump, int fd, int listen_fd, Request *request, Ste
     }
     ssize_t n = receive(fd, request->buf, READ_SIZE);
     if (n <= 0) {
-        *step = (Step){n == 0 ? CLOSED : -1, errno, 0};
+        *step = n == 0 ? (Step){CLOSED, 0, 0} : (Step){FAILED, errno, 0};
         return 0;
     }
     request->length = (uint32_t)n;
@@ -202,6 +217,8 @@ static int read_request(Pump *pump, int fd, int listen_fd, Request *request, Ste
         return n >= HEADER_SIZE && n <= TPM_BUFSIZE && buf[0] == 0x80 &&
                (buf[1] == 1 || buf[1] == 2);
     }
+    if (pump->framing == CONTROL) /* CMD_SET_LOCALITY, its u8 bare or padded to 4 bytes */
+        return n >= 5 && n <= 8 && be32(buf) == CMD_SET_LOCALITY && buf[4] <= MAX_LOCALITY;
     /* MSSIM: the prefix, then the command, in as many reads as it takes (tpm2-tss writes
      * them separately).  Waiting for the rest, Python's way is taken when another client
      * comes first (Python hands the accepting over then) or the client goes away. */
@@ -235,10 +252,17 @@ static int run(Pump *pump, Request *request, uint32_t *length, Step *step)
         *step = (Step){OTHER, 0, 0};
         return 0;
     }
-    if (!gate_open(pump)) {
+    if (pump->framing != CONTROL && !gate_open(pump)) {
         release_from(pump, 0);
         *step = (Step){OTHER, 0, 0};
         return 0;
+    }
+    if (pump->framing == CONTROL) {
+        /* What Swtpm._set_locality does, in the TPM's turn as Python takes it. */
+        cell_set(pump->locality, request->buf[4]);
+        release_from(pump, 0);
+        *length = 0;
+        return 1;
     }
     long stores = cell_value(pump->stores);
     uint32_t rc = pump->process(&pump->response, length, &pump->response_size,
@@ -259,6 +283,8 @@ static int send_response(Pump *pump, int fd, uint32_t length)
 {
     if (pump->framing == SWTPM)
         return send_all(fd, pump->response, length);
+    if (pump->framing == CONTROL) /* TPM_SUCCESS */
+        return send_all(fd, (const unsigned char *)"\0\0\0\0", 4);
     unsigned char framed[TPM_BUFSIZE + 8];
     put_be32(framed, length);
     memcpy(framed + 4, pump->response, length);
@@ -275,7 +301,7 @@ static void loop(Pump *pump, int fd, int listen_fd, Request *request, Step *step
             !run(pump, request, &length, step))
             return;
         if (send_response(pump, fd, length) < 0) {
-            *step = (Step){-1, errno, 0};
+            *step = (Step){FAILED, errno, 0};
             return;
         }
         /* A second command on a connection served in the accepting thread: a long-lived
@@ -285,6 +311,81 @@ static void loop(Pump *pump, int fd, int listen_fd, Request *request, Step *step
             return;
         }
     }
+}
+
+/* -- accept(): the connections of a listener, served here while they need no Python -- */
+
+/* The next connection, with the options apfs.tpm.sockets gives every connection; -1 with
+ * *step set (FAILED, or STOPPED once stop() was called). */
+static int accept_one(Pump *pump, int listen_fd, Step *step)
+{
+    pthread_mutex_lock(&pump->guard);
+    int stopped = pump->stopping;
+    pthread_mutex_unlock(&pump->guard);
+    if (stopped) {
+        *step = (Step){STOPPED, 0, 0};
+        return -1;
+    }
+    int fd;
+    while ((fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC)) < 0 &&
+           (errno == EINTR || errno == ECONNABORTED))
+        ;
+    if (fd < 0) {
+        *step = (Step){FAILED, errno, 0};
+        return -1;
+    }
+    int domain = 0;
+    socklen_t size = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &size) == 0 && domain == AF_INET)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){1}, sizeof(int));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &pump->send_timeout, sizeof(pump->send_timeout));
+    pthread_mutex_lock(&pump->guard);
+    int stopping = pump->stopping;
+    if (!stopping)
+        pump->current = fd;
+    pthread_mutex_unlock(&pump->guard);
+    if (stopping) {
+        close(fd);
+        *step = (Step){STOPPED, 0, 0};
+        return -1;
+    }
+    return fd;
+}
+
+/* The connection leaves the pump: closed here, or handed to Python. */
+static void let_go(Pump *pump, int close_it)
+{
+    pthread_mutex_lock(&pump->guard);
+    if (close_it)
+        close(pump->current);
+    pump->current = -1;
+    pthread_mutex_unlock(&pump->guard);
+}
+
+/* Accept and serve until a connection needs Python: its descriptor, or -1 (*step says;
+ * STOPPED also when stop() shut the connection being served). */
+static int accept_loop(Pump *pump, int listen_fd, Request *request, Step *step)
+{
+    for (;;) {
+        int fd = accept_one(pump, listen_fd, step);
+        if (fd < 0)
+            return -1;
+        loop(pump, fd, listen_fd, request, step);
+        if (step->what != CLOSED) {
+            let_go(pump, 0);
+            return fd;
+        }
+        let_go(pump, 1); /* the client's orderly close between requests: the next one */
+    }
+}
+
+static PyObject *outcome(Pump *pump, Step *step, int fd, Request *request)
+{
+    int read = step->what == OTHER || step->what == TAIL;
+    return Py_BuildValue("(iiy#y#i)", step->what, fd, (const char *)request->buf,
+                         (Py_ssize_t)(read ? request->length : 0),
+                         pump->response != NULL ? (const char *)pump->response : "",
+                         (Py_ssize_t)step->response, step->error);
 }
 
 static PyObject *Pump_serve(Pump *pump, PyObject *args)
@@ -300,37 +401,80 @@ static PyObject *Pump_serve(Pump *pump, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     loop(pump, fd, listen_fd, request, &step);
     Py_END_ALLOW_THREADS
-    PyObject *result;
-    if (step.what < 0) {
-        errno = step.error;
-        result = PyErr_SetFromErrno(PyExc_OSError);
-    } else {
-        int read = step.what == OTHER || step.what == TAIL;
-        result = Py_BuildValue("(iy#y#)", step.what, (const char *)request->buf,
-                               (Py_ssize_t)(read ? request->length : 0),
-                               pump->response != NULL ? (const char *)pump->response : "",
-                               (Py_ssize_t)step.response);
-    }
+    PyObject *result = outcome(pump, &step, fd, request);
     PyMem_RawFree(request);
     return result;
 }
 
+static PyObject *Pump_accept(Pump *pump, PyObject *args)
+{
+    int listen_fd;
+    if (!PyArg_ParseTuple(args, "i:accept", &listen_fd))
+        return NULL;
+    Request *request = PyMem_RawMalloc(sizeof(Request));
+    if (request == NULL)
+        return PyErr_NoMemory();
+    request->length = 0;
+    Step step;
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = accept_loop(pump, listen_fd, request, &step);
+    Py_END_ALLOW_THREADS
+    PyObject *result = outcome(pump, &step, fd, request);
+    PyMem_RawFree(request);
+    return result;
+}
+
+static PyObject *Pump_stop(Pump *pump, PyObject *unused)
+{
+    pthread_mutex_lock(&pump->guard);
+    pump->stopping = 1;
+    if (pump->current >= 0)
+        shutdown(pump->current, SHUT_RDWR); /* wakes the thread waiting on it */
+    pthread_mutex_unlock(&pump->guard);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Pump *pump = (Pump *)type->tp_alloc(type, 0);
+    if (pump != NULL) {
+        pthread_mutex_init(&pump->guard, NULL);
+        pump->current = -1;
+    }
+    return (PyObject *)pump;
+}
+
 static int Pump_init(Pump *pump, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"process", "locks", "gate", "stores", "framing", "limits", NULL};
+    static char *names[] = {"process", "locks", "gate", "stores", "framing", "limits",
+                            "send_timeout", "locality", NULL};
     unsigned long long process;
-    PyObject *locks, *gate, *stores, *limits = Py_None;
+    PyObject *locks, *gate, *stores, *limits = Py_None, *locality = Py_None;
     int framing;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KO!O!O!i|O:Pump", names, &process,
+    double send_timeout = 5.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KO!O!O!i|OdO:Pump", names, &process,
                                      &PyTuple_Type, &locks, &PyTuple_Type, &gate,
-                                     native->cell_type, &stores, &framing, &limits))
+                                     native->cell_type, &stores, &framing, &limits,
+                                     &send_timeout, &locality))
         return -1;
+    if (framing == CONTROL && !PyObject_TypeCheck(locality, native->cell_type)) {
+        PyErr_SetString(PyExc_TypeError, "Pump: CONTROL framing needs the locality Cell");
+        return -1;
+    }
+    if (!(send_timeout > 0)) {
+        PyErr_SetString(PyExc_ValueError, "Pump: send_timeout must be positive");
+        return -1;
+    }
+    pump->send_timeout.tv_sec = (time_t)send_timeout;
+    pump->send_timeout.tv_usec = (suseconds_t)((send_timeout - (double)(time_t)send_timeout) * 1e6);
     if (process == 0 || PyTuple_GET_SIZE(locks) == 0) {
         PyErr_SetString(PyExc_ValueError, "Pump: needs a process address and a lock");
         return -1;
     }
-    if (framing != SWTPM && framing != MSSIM) {
-        PyErr_Format(PyExc_ValueError, "Pump: framing %d is neither SWTPM nor MSSIM", framing);
+    if (framing != SWTPM && framing != MSSIM && framing != CONTROL) {
+        PyErr_Format(PyExc_ValueError, "Pump: framing %d is not SWTPM, MSSIM or CONTROL",
+                     framing);
         return -1;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(locks); i++) {
@@ -370,6 +514,7 @@ static int Pump_init(Pump *pump, PyObject *args, PyObject *kwargs)
     Py_XSETREF(pump->gate, Py_NewRef(gate));
     Py_XSETREF(pump->stores, Py_NewRef(stores));
     Py_XSETREF(pump->limits, Py_NewRef(limits));
+    Py_XSETREF(pump->locality, Py_NewRef(locality));
     return 0;
 }
 
@@ -379,14 +524,23 @@ static void Pump_dealloc(Pump *pump)
     Py_XDECREF(pump->gate);
     Py_XDECREF(pump->stores);
     Py_XDECREF(pump->limits);
+    Py_XDECREF(pump->locality);
     free(pump->response); /* libtpms (re)allocates it with the C library's allocator */
+    pthread_mutex_destroy(&pump->guard);
     Py_TYPE(pump)->tp_free((PyObject *)pump);
 }
 
 static PyMethodDef Pump_methods[] = {
     {"serve", (PyCFunction)Pump_serve, METH_VARARGS,
-     "serve(fd, listen_fd) -> (what, request, response): run the commands arriving on fd "
-     "until one needs Python; listen_fd >= 0 is watched for a waiting client (HANDOVER)."},
+     "serve(fd, listen_fd) -> (what, fd, request, response, errno): run the commands "
+     "arriving on fd until one needs Python; listen_fd >= 0 is watched for a waiting "
+     "client (HANDOVER)."},
+    {"accept", (PyCFunction)Pump_accept, METH_VARARGS,
+     "accept(listen_fd) -> (what, fd, request, response, errno): accept connections and "
+     "serve them as serve(fd, listen_fd) does, the next one after a client's close, until "
+     "one needs Python (it owns fd then), accept fails (FAILED) or stop() (STOPPED)."},
+    {"stop", (PyCFunction)Pump_stop, METH_NOARGS,
+     "From another thread: end accept() (its connection is shut down, none is taken)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -395,9 +549,9 @@ static PyTypeObject PumpType = {
     .tp_name = "apfs.tpm._pump.Pump",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Pump(process, locks, gate, stores, framing, limits=None): one connection's "
-              "command loop in C.",
-    .tp_new = PyType_GenericNew,
+    .tp_doc = "Pump(process, locks, gate, stores, framing, limits=None, send_timeout=5.0): "
+              "a connection's command loop in C; accept() serves a listener's connections.",
+    .tp_new = Pump_new,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,
     .tp_methods = Pump_methods,
@@ -426,8 +580,11 @@ PyMODINIT_FUNC PyInit__pump(void)
         PyModule_AddIntConstant(m, "OTHER", OTHER) < 0 ||
         PyModule_AddIntConstant(m, "TAIL", TAIL) < 0 ||
         PyModule_AddIntConstant(m, "HANDOVER", HANDOVER) < 0 ||
+        PyModule_AddIntConstant(m, "FAILED", FAILED) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED", STOPPED) < 0 ||
         PyModule_AddIntConstant(m, "SWTPM", SWTPM) < 0 ||
-        PyModule_AddIntConstant(m, "MSSIM", MSSIM) < 0) {
+        PyModule_AddIntConstant(m, "MSSIM", MSSIM) < 0 ||
+        PyModule_AddIntConstant(m, "CONTROL", CONTROL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

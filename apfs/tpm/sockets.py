@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from apfs.tpm import _pump
@@ -123,6 +124,7 @@ class Servers:
         self._listeners: list[socket.socket] = []
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
+        self._pumps: set[_Pump] = set()
         self._paths: list[Path] = []
         self._closed = False
 
@@ -211,6 +213,9 @@ class Servers:
         def hand_over() -> None:
             self._start(self._accept_loop, (listener, name, handler, inline), f"{name} accept")
 
+        if inline and isinstance(handler, Pumped) and handler.path is not None:
+            self._pumped_accept_loop(listener, name, handler, handler.path, hand_over)
+            return
         while True:
             try:
                 sock, peer = listener.accept()
@@ -226,6 +231,45 @@ class Servers:
                 self._connection(connection, handler)
                 if connection.handed_over:
                     return  # another thread accepts now
+
+    def _pumped_accept_loop(self, listener: socket.socket, name: str, handler: Pumped,
+                            path: FastPath, hand_over: Callable[[], None]) -> None:
+        """Accepting in C: a connection whose commands all run there (the swtpm TCTI's
+        connection per command) costs no Python at all; one that needs Python is handed over
+        and served here as :meth:`_accept_loop` serves it."""
+        pump = _Pump(path)
+        with self._lock:
+            if self._closed:
+                return
+            self._pumps.add(pump)
+        try:
+            while True:
+                outcome = pump.accept(listener)
+                what, fd, _request, _response, error = outcome
+                if what == _pump.STOPPED:
+                    return
+                if fd < 0:  # accept() itself failed
+                    if error in (errno.EMFILE, errno.ENFILE):
+                        continue
+                    return  # the listener was shut down by close()
+                sock = socket.socket(fileno=fd)
+                try:
+                    label = f"{name} {_peer(sock.getpeername())}"
+                except OSError:  # the client is gone already
+                    label = f"{name} (gone)"
+                if not self._register(sock):
+                    return
+                connection = Connection(sock, label, listener, hand_over)
+
+                def serve(connection: Connection, first: Outcome = outcome) -> None:
+                    handler.serve(connection, pump, first)
+
+                self._connection(connection, serve)
+                if connection.handed_over:
+                    return  # another thread accepts now
+        finally:
+            with self._lock:
+                self._pumps.discard(pump)
 
     def run_connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
         """Serve ``sock`` with ``handler`` in a thread of its own; the socket is closed at
@@ -266,6 +310,9 @@ class Servers:
             listeners, self._listeners = self._listeners, []
             connections = list(self._connections)
             threads = list(self._threads)
+            pumps = list(self._pumps)
+        for pump in pumps:
+            pump.stop()  # its connection, if any (C holds it, Python never saw it)
         for sock in [*listeners, *connections]:
             # shutdown() wakes a thread blocked in accept()/recv() on it; close() alone
             # would not.
@@ -314,11 +361,16 @@ def _send(sock: socket.socket, label: str, reply: Reply) -> bool:
     return True
 
 
-_FRAMINGS = {"swtpm": _pump.SWTPM, "mssim": _pump.MSSIM}
+_FRAMINGS = {"swtpm": _pump.SWTPM, "mssim": _pump.MSSIM, "swtpm-control": _pump.CONTROL}
+
+
+Outcome = tuple[int, int, bytes, bytes, int]
+"""What ``apfs.tpm._pump.Pump.serve``/``accept`` return: what came, the connection's
+descriptor, the request as read, the response, an errno."""
 
 
 class _Pump:
-    """A connection's commands served in C (``apfs/tpm/_pump.c``) while the vTPM's
+    """Commands served in C (``apfs/tpm/_pump.c``) while the vTPM's
     :class:`~vdev.tpm.fastpath.FastPath` allows; what it hands back goes the Python way."""
 
     __slots__ = ("_finish", "_native")
@@ -326,45 +378,72 @@ class _Pump:
     def __init__(self, path: FastPath) -> None:
         assert path.finish is not None
         self._native = _pump.Pump(path.process, path.locks, path.gate, path.stores,
-                                  _FRAMINGS[path.framing], path.limits)
+                                  _FRAMINGS[path.framing], path.limits, SEND_TIMEOUT,
+                                  path.locality)
         self._finish = path.finish
 
     @classmethod
     def of(cls, path: FastPath | None) -> _Pump | None:
         return None if path is None else cls(path)
 
-    def read(self, connection: Connection) -> bytes:
-        """Serve commands until a read that the C loop did not run: its bytes, or b"" when
-        the client closed the connection."""
+    def accept(self, listener: socket.socket) -> Outcome:
+        """Accept and serve ``listener``'s connections in C until one needs Python (it is
+        handed over with the outcome), accept fails, or :meth:`stop`."""
+        return self._native.accept(listener.fileno())
+
+    def stop(self) -> None:
+        """End :meth:`accept` from another thread."""
+        self._native.stop()
+
+    def read(self, connection: Connection, first: Outcome | None = None) -> bytes:
+        """Serve commands (after ``first``, an outcome of :meth:`accept` for this
+        connection) until a read that the C loop did not run: its bytes, or b"" when the
+        client closed the connection."""
         serve, fd = self._native.serve, connection.sock.fileno()
+        outcome = first
         while True:
-            what, request, response = serve(fd, connection.listener_fd)
+            what, _fd, request, response, error = outcome or serve(fd, connection.listener_fd)
+            outcome = None
             if what == _pump.OTHER:
                 return request
             if what == _pump.TAIL:
                 connection.sock.sendall(self._finish(request, response))
             elif what == _pump.HANDOVER:
                 connection.hand_over()
+            elif what == _pump.FAILED:
+                raise OSError(error, os.strerror(error))
             else:
                 return b""
 
 
-def swtpm_data(core: swtpm.Swtpm) -> Handler:
+@dataclass(frozen=True)
+class Pumped:
+    """A handler whose commands run in C when they may: ``serve(connection, pump, first)``
+    with the connection's pump (None: all in Python) and what :meth:`_Pump.accept` handed
+    over (None for a connection Python accepted).  Served inline, its listener's
+    connections are accepted in C too (:meth:`Servers._pumped_accept_loop`)."""
+
+    path: FastPath | None
+    serve: Callable[[Connection, _Pump | None, Outcome | None], None]
+
+    def __call__(self, connection: Connection) -> None:
+        self.serve(connection, _Pump.of(self.path), None)
+
+
+def swtpm_data(core: swtpm.Swtpm) -> Pumped:
     """The data channel: one command per read of at least a header, raw or TCG-prefixed,
     any number per connection (:class:`vdev.tpm.swtpm.DataReader`).  While no read is
     half-way, raw commands run in C when they may (:class:`_Pump`)."""
 
-    path = core.fast_path()  # once: the same locks and cells for every connection
-
-    def handle(connection: Connection) -> None:
+    def serve(connection: Connection, pump: _Pump | None, first: Outcome | None) -> None:
         reader = swtpm.DataReader()
         sock, wait, feed, execute = connection.sock, connection.wait, reader.feed, core.execute
         recv, sendall = sock.recv, sock.sendall
-        pump = _Pump.of(path)
         try:
             while True:
                 if pump is not None and not reader.pending:
-                    data = pump.read(connection)
+                    data = pump.read(connection, first)
+                    first = None
                 else:
                     wait()
                     data = recv(reader.room)
@@ -378,12 +457,16 @@ def swtpm_data(core: swtpm.Swtpm) -> Handler:
             return
         _log_early_close(connection.label, reader.pending)
 
-    return handle
+    # The path once: the same locks and cells for every connection.
+    return Pumped(core.fast_path(), serve)
 
 
-def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Handler:
+def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Pumped:
     """The control channel; with ``takes_fds`` (UNIX sockets) CMD_SET_DATAFD's descriptor is
-    taken from SCM_RIGHTS and its data channel served in a thread of its own."""
+    taken from SCM_RIGHTS and its data channel served in a thread of its own.  Over TCP,
+    CMD_SET_LOCALITY is answered in C when it may (:meth:`vdev.tpm.swtpm.Swtpm.
+    control_fast_path`); the C loop reads no ancillary data, so a UNIX socket's requests are
+    all Python's."""
     data_handler = swtpm_data(core)
 
     def serve_data_fd(connection: Connection) -> None:
@@ -392,33 +475,40 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
         finally:
             core.data_fd_in_use = False
 
-    def handle(connection: Connection) -> None:
+    def serve(connection: Connection, pump: _Pump | None, first: Outcome | None) -> None:
         sock, label = connection.sock, connection.label
         reader = swtpm.ControlReader()
         deadline = 0.0
         while True:
-            if reader.pending:
-                sock.settimeout(max(0.0, deadline - time.monotonic()))
-            else:
-                sock.settimeout(None)
-                connection.wait()  # between requests: may hand the accepting over
-                deadline = time.monotonic() + swtpm.REQUEST_TIMEOUT
             fds: list[int] = []
+            request: bytes | None = None
+            started = reader.pending
+            if started:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
             try:
-                if takes_fds:
-                    data, fds, _flags, _addr = socket.recv_fds(sock, RECV_SIZE, 4)
-                else:
+                if started:
                     data = sock.recv(RECV_SIZE)
+                elif pump is not None:
+                    data = pump.read(connection, first)
+                    first = None
+                else:
+                    connection.wait()  # between requests: may hand the accepting over
+                    if takes_fds:
+                        data, fds, _flags, _addr = socket.recv_fds(sock, RECV_SIZE, 4)
+                    else:
+                        data = sock.recv(RECV_SIZE)
             except TimeoutError:  # swtpm's 500 ms are up: it processes what came
-                request: bytes | None = reader.take_partial()
+                request = reader.take_partial()
             else:
                 if not data:
                     _close_fds(fds)
                     _log_early_close(label, reader.pending)
                     return
+                if not started:  # a request's first bytes: swtpm's 500 ms start now
+                    deadline = time.monotonic() + swtpm.REQUEST_TIMEOUT
                 reader.feed(data)
-                request = None
-            sock.settimeout(None)
+            if sock.gettimeout() is not None:  # (each settimeout is two system calls)
+                sock.settimeout(None)
             try:
                 request = request or reader.next_request()
                 while request is not None:
@@ -438,7 +528,7 @@ def swtpm_control(core: swtpm.Swtpm, servers: Servers, *, takes_fds: bool) -> Ha
             finally:
                 _close_fds(fds)
 
-    return handle
+    return Pumped(None if takes_fds else core.control_fast_path(), serve)
 
 
 def quick_ack(sock: socket.socket) -> None:
@@ -462,18 +552,17 @@ def _close_fds(fds: list[int]) -> None:
 
 
 def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tpm: VTpm,
-               sizes: mssim.CommandSizes) -> Handler:
-    """The mssim command or platform port."""
-    path = mssim.fast_path(tpm, sizes) if port_type is mssim.CommandPort else None
+               sizes: mssim.CommandSizes) -> Pumped:
+    """The mssim command or platform port (SEND_COMMAND runs in C when it may)."""
 
-    def handle(connection: Connection) -> None:
+    def serve(connection: Connection, pump: _Pump | None, first: Outcome | None) -> None:
         sock, label = connection.sock, connection.label
         port = port_type(tpm, sizes)
-        pump = _Pump.of(path)
         while True:
             try:
                 if pump is not None and not port.pending:
-                    data = pump.read(connection)
+                    data = pump.read(connection, first)
+                    first = None
                 else:
                     connection.wait()
                     data = sock.recv(RECV_SIZE)
@@ -490,4 +579,5 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
                 quick_ack(sock)
         _log_early_close(label, port.pending)
 
-    return handle
+    path = mssim.fast_path(tpm, sizes) if port_type is mssim.CommandPort else None
+    return Pumped(path, serve)

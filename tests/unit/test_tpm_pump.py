@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from apfs.tpm import _pump
+from tests.integration.reference_swtpm import recv_response
 from tests.unit.tpm_helpers import ok, pcr, require_libtpms
 from vdev.tpm import commands as cmd
 from vdev.tpm import mssim
@@ -44,6 +45,15 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield client, server
 
 
+def serve(pump: _pump.Pump, server: socket.socket, listener: int = -1
+          ) -> tuple[int, bytes, bytes]:
+    """serve() on ``server``: what came, the request, the response (the descriptor it
+    returns is ``server``'s, no errno)."""
+    what, fd, request, response, error = pump.serve(server.fileno(), listener)
+    assert (fd, error) == (server.fileno(), 0)
+    return what, request, response
+
+
 def serve_one(pump: _pump.Pump, pair: tuple[socket.socket, socket.socket], request: bytes,
               listener: int = -1) -> tuple[int, bytes, bytes]:
     """Send ``request`` and end the client's side; what serve() returned, and what the
@@ -51,7 +61,7 @@ def serve_one(pump: _pump.Pump, pair: tuple[socket.socket, socket.socket], reque
     client, server = pair
     client.sendall(request)
     client.shutdown(socket.SHUT_WR)
-    what, data, response = pump.serve(server.fileno(), listener)
+    what, data, response = serve(pump, server, listener)
     server.shutdown(socket.SHUT_WR)
     if what == _pump.TAIL:
         return what, response, client.recv(65536)
@@ -141,7 +151,7 @@ def test_a_waiting_client_takes_the_accepting_over_before_this_one_is_read(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as newcomer:
             newcomer.connect("\0apfs-test-pump-listener")
             server = pair[1]
-            assert pump.serve(server.fileno(), listener.fileno()) == (_pump.HANDOVER, b"", b"")
+            assert serve(pump, server, listener.fileno()) == (_pump.HANDOVER, b"", b"")
 
 
 def test_a_second_command_marks_a_long_connection_and_takes_the_accepting_over(
@@ -160,7 +170,7 @@ def test_a_second_command_marks_a_long_connection_and_takes_the_accepting_over(
         talker = threading.Thread(target=two_commands)
         talker.start()
         try:
-            assert pump.serve(server.fileno(), listener.fileno()) == (_pump.HANDOVER, b"", b"")
+            assert serve(pump, server, listener.fileno()) == (_pump.HANDOVER, b"", b"")
         finally:
             talker.join(10)
     assert [len(ok(response)) for response in responses] == [10 + 2 + 8] * 2
@@ -200,7 +210,7 @@ def test_mssim_a_command_beyond_the_size_record_is_finished_by_python_which_reco
     client.sendall(send_command(big)[:9])
     talker = threading.Thread(target=rest_later)
     talker.start()
-    what, request, response = pump.serve(server.fileno(), -1)
+    what, request, response = serve(pump, server)
     talker.join(10)
     assert (what, request) == (_pump.TAIL, send_command(big))
     path = mssim.fast_path(port.tpm, port.sizes)
@@ -219,7 +229,7 @@ def test_mssim_commands_within_the_record_run_in_c_and_come_back_framed(
     client.sendall(send_command(cmd.get_random(8))[:9])
     client.sendall(send_command(cmd.get_random(8))[9:])
     client.shutdown(socket.SHUT_WR)
-    assert pump.serve(server.fileno(), -1) == (_pump.CLOSED, b"", b"")
+    assert serve(pump, server) == (_pump.CLOSED, b"", b"")
     framed = client.recv(4096)
     assert struct.unpack(">I", framed[:4])[0] == 10 + 2 + 8 and framed[-4:] == b"\0\0\0\0"
     ok(framed[4:-4])
@@ -238,3 +248,98 @@ def test_mssim_requests_python_serves_come_back_unrun(port: mssim.CommandPort,
     port.sizes.record(b"\0" * 4096, b"\0" * 4096)
     assert serve_one(mssim_pump(port), pair, request_bytes) == (_pump.OTHER, request_bytes,
                                                                  b"")
+
+
+# -- accept(): a listener's connections ----------------------------------------------------
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock
+
+
+def connection_per_command(port: int, command: bytes) -> bytes:
+    """What the swtpm TCTI does: connect, send, read the response, close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(command)
+        return recv_response(client)
+
+
+def test_accept_serves_connection_after_connection_in_c_until_stopped(
+        vtpm: VTpm, pump: _pump.Pump, listener: socket.socket) -> None:
+    outcomes: list[tuple[int, int, bytes, bytes, int]] = []
+    acceptor = threading.Thread(target=lambda: outcomes.append(pump.accept(listener.fileno())))
+    acceptor.start()
+    port = listener.getsockname()[1]
+    before = pcr(vtpm.engine, "sha256", 16)
+    for _ in range(5):
+        ok(connection_per_command(port, EXTEND_16))
+    assert pcr(vtpm.engine, "sha256", 16) != before and not outcomes  # all in C
+    with socket.create_connection(("127.0.0.1", port)):  # idle, as C serves it
+        time.sleep(0.05)  # most likely accepted by then (either way the test holds)
+        pump.stop()
+        listener.shutdown(socket.SHUT_RDWR)  # as Servers.close() does next
+        acceptor.join(10)
+    assert not acceptor.is_alive()
+    what, fd, *_ = outcomes[0]
+    assert what in (_pump.STOPPED, _pump.FAILED) and fd == -1
+
+
+def test_accept_hands_a_connection_that_needs_python_over_with_what_it_read(
+        pump: _pump.Pump, listener: socket.socket) -> None:
+    prefixed = struct.pack(">IBI", sw.TPM_SEND_COMMAND, 0, len(EXTEND_16)) + EXTEND_16
+    with socket.create_connection(listener.getsockname(), timeout=10) as client:
+        client.sendall(prefixed)
+        what, fd, request, response, error = pump.accept(listener.fileno())
+        with socket.socket(fileno=fd) as handed:  # Python's now
+            assert (what, request, response, error) == (_pump.OTHER, prefixed, b"", 0)
+            assert handed.getpeername() == client.getsockname()
+            # The options apfs.tpm.sockets gives its connections.
+            assert handed.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            timeout = struct.unpack("ll", handed.getsockopt(socket.SOL_SOCKET,
+                                                            socket.SO_SNDTIMEO, 16))
+            assert timeout == (5, 0)
+
+
+# -- swtpm's control channel: CMD_SET_LOCALITY ---------------------------------------------
+
+@pytest.fixture
+def control_pump(core: sw.Swtpm) -> _pump.Pump:
+    path = core.control_fast_path()
+    assert path is not None and path.framing == "swtpm-control"
+    return _pump.Pump(path.process, path.locks, path.gate, path.stores, _pump.CONTROL,
+                      locality=path.locality)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    struct.pack(">IB", sw.CMD_SET_LOCALITY, 3),  # tpm2-tss: a bare u8
+    struct.pack(">II", sw.CMD_SET_LOCALITY, 3 << 24),  # QEMU: padded to 4 bytes
+], ids=["bare", "padded"])
+def test_set_locality_is_answered_in_c_and_sets_the_front_ends_locality(
+        core: sw.Swtpm, control_pump: _pump.Pump, pair: tuple[socket.socket, socket.socket],
+        request_bytes: bytes) -> None:
+    assert serve_one(control_pump, pair, request_bytes) == (_pump.CLOSED, b"", bytes(4))
+    assert core.locality == 3
+
+
+@pytest.mark.parametrize("request_bytes", [
+    struct.pack(">IB", sw.CMD_SET_LOCALITY, 5),  # BAD_LOCALITY, with its log line: Python's
+    struct.pack(">I", sw.CMD_GET_TPMESTABLISHED),  # any other request
+    struct.pack(">IB", sw.CMD_SET_LOCALITY, 3) * 2,  # two at once
+], ids=["locality-5", "other-request", "two-requests"])
+def test_other_control_requests_come_back_unanswered(core: sw.Swtpm, control_pump: _pump.Pump,
+                                                     pair: tuple[socket.socket,
+                                                                 socket.socket],
+                                                     request_bytes: bytes) -> None:
+    assert serve_one(control_pump, pair, request_bytes) == (_pump.OTHER, request_bytes, b"")
+    assert core.locality == 0
+
+
+def test_set_locality_waits_its_turn_the_python_way_while_the_tpm_is_held(
+        vtpm: VTpm, core: sw.Swtpm, control_pump: _pump.Pump,
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    request = struct.pack(">IB", sw.CMD_SET_LOCALITY, 2)
+    outcome = vtpm.exclusive(lambda send: serve_one(control_pump, pair, request))
+    assert outcome == (_pump.OTHER, request, b"") and core.locality == 0

@@ -169,13 +169,13 @@ static PyObject *Cell_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     NativeCell *cell = (NativeCell *)type->tp_alloc(type, 0);
     if (cell != NULL)
-        __atomic_store_n(&cell->value, value, __ATOMIC_RELAXED);
+        cell_set((PyObject *)cell, value);
     return (PyObject *)cell;
 }
 
 static PyObject *Cell_get(PyObject *self, void *closure)
 {
-    return PyLong_FromLong(__atomic_load_n(&((NativeCell *)self)->value, __ATOMIC_RELAXED));
+    return PyLong_FromLong(cell_value(self));
 }
 
 static int Cell_set(PyObject *self, PyObject *value, void *closure)
@@ -187,7 +187,7 @@ static int Cell_set(PyObject *self, PyObject *value, void *closure)
     long number = PyLong_AsLong(value);
     if (number == -1 && PyErr_Occurred())
         return -1;
-    __atomic_store_n(&((NativeCell *)self)->value, number, __ATOMIC_RELAXED);
+    cell_set(self, number);
     return 0;
 }
 

@@ -17,6 +17,11 @@ static inline long cell_value(PyObject *cell)
     return __atomic_load_n(&((NativeCell *)cell)->value, __ATOMIC_RELAXED);
 }
 
+static inline void cell_set(PyObject *cell, long value)
+{
+    __atomic_store_n(&((NativeCell *)cell)->value, value, __ATOMIC_RELAXED);
+}
+
 struct NativeApi {
     PyTypeObject *lock_type;
     PyTypeObject *cell_type;

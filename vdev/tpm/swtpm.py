@@ -287,6 +287,14 @@ class Swtpm:
 
     # -- control channel -------------------------------------------------------------------
 
+    def control_fast_path(self) -> FastPath | None:
+        """How C answers CMD_SET_LOCALITY (0..4), which tpm2-tss's swtpm TCTI sends on a
+        connection of its own for every tool: :meth:`_set_locality` in the TPM's turn, as
+        :meth:`control` runs it (any power state: the engine's gate does not apply)."""
+        path = self.tpm.fast_path()
+        return None if path is None else path.behind(framing="swtpm-control",
+                                                     locality=self.locality_cell)
+
     def control(self, request: bytes, fds: tuple[int, ...] = ()) -> ControlReply:
         """Answer one control request (as :class:`ControlReader` framed it); ``fds``: the
         descriptors that came with it (UNIX sockets only)."""
