@@ -21,7 +21,7 @@
  *             (FastPath.finish: checks, save, release) and sends what it returns;
  *   CLOSED    the client closed the connection between requests;
  *   HANDOVER  the connection is served in the accepting thread (listen_fd >= 0) and
- *             another client waits, or it is a long one (a second command): a new thread
+ *             another client waits, or it is a long one (LONG_CONNECTION requests): a new thread
  *             should accept; call again with listen_fd -1.
  *
  * Framings (what the Python readers do, vdev.tpm.swtpm.DataReader, vdev.tpm.mssim, and
@@ -35,6 +35,9 @@
  *          to 4 bytes: tpm2-tss's TCTI sends it on a connection of its own for every tool)
  *          with a locality of 0..4 sets the locality cell and is answered u32 0; every
  *          other request is Python's.
+ *   PLATFORM the simulator's platform port: a bare u32 code among the ``acks`` Python
+ *          declares (signals with nothing to do while the gate holds: POWER_ON of a
+ *          powered TPM, NV_ON, ...) is answered u32 0; every other code is Python's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -53,7 +56,7 @@
 #include "_native.h"
 
 enum { CLOSED = 0, OTHER = 1, TAIL = 2, HANDOVER = 3, FAILED = 4, STOPPED = 5 };
-enum { SWTPM = 0, MSSIM = 1, CONTROL = 2 };
+enum { SWTPM = 0, MSSIM = 1, CONTROL = 2, PLATFORM = 3 };
 
 #define HEADER_SIZE 10
 #define TPM_BUFSIZE 4096 /* the virtio device's buffer (vdev.tpm.virtio) */
@@ -64,6 +67,8 @@ enum { SWTPM = 0, MSSIM = 1, CONTROL = 2 };
 /* vdev.tpm.swtpm.READ_SIZE, a command and the TCG prefix; also the largest mssim request */
 #define READ_SIZE (TPM_BUFSIZE + MSSIM_PREFIX)
 #define MAX_GATE 8
+#define MAX_ACKS 16
+#define LONG_CONNECTION 64 /* requests served in the accepting thread before a handover */
 
 typedef uint32_t (*ProcessFn)(unsigned char **response, uint32_t *length, uint32_t *size,
                               unsigned char *command, uint32_t command_length);
@@ -79,6 +84,8 @@ typedef struct {
     PyObject *stores; /* Cell: moves when libtpms stores its permanent state */
     PyObject *limits; /* None or (Cell, Cell): command and response sizes run here */
     PyObject *locality; /* CONTROL: the Cell that CMD_SET_LOCALITY sets */
+    Py_ssize_t ack_count; /* PLATFORM: the codes acknowledged with nothing done */
+    uint32_t acks[MAX_ACKS];
     Py_ssize_t gates;
     PyObject *gate_cells[MAX_GATE];
     long gate_values[MAX_GATE];
@@ -219,6 +226,12 @@ static int read_request(Pump *pump, int fd, int listen_fd, Request *request, Ste
     }
     if (pump->framing == CONTROL) /* CMD_SET_LOCALITY, its u8 bare or padded to 4 bytes */
         return n >= 5 && n <= 8 && be32(buf) == CMD_SET_LOCALITY && buf[4] <= MAX_LOCALITY;
+    if (pump->framing == PLATFORM) { /* one bare u32 code a write, as the TCTI sends them */
+        for (Py_ssize_t i = 0; n == 4 && i < pump->ack_count; i++)
+            if (be32(buf) == pump->acks[i])
+                return 1;
+        return 0;
+    }
     /* MSSIM: the prefix, then the command, in as many reads as it takes (tpm2-tss writes
      * them separately).  Waiting for the rest, Python's way is taken when another client
      * comes first (Python hands the accepting over then) or the client goes away. */
@@ -264,6 +277,11 @@ static int run(Pump *pump, Request *request, uint32_t *length, Step *step)
         *length = 0;
         return 1;
     }
+    if (pump->framing == PLATFORM) { /* a signal with nothing to do, in the TPM's turn */
+        release_from(pump, 0);
+        *length = 0;
+        return 1;
+    }
     long stores = cell_value(pump->stores);
     uint32_t rc = pump->process(&pump->response, length, &pump->response_size,
                                 request->buf + request->command, request->size);
@@ -283,7 +301,7 @@ static int send_response(Pump *pump, int fd, uint32_t length)
 {
     if (pump->framing == SWTPM)
         return send_all(fd, pump->response, length);
-    if (pump->framing == CONTROL) /* TPM_SUCCESS */
+    if (pump->framing == CONTROL || pump->framing == PLATFORM) /* TPM_SUCCESS, ACK */
         return send_all(fd, (const unsigned char *)"\0\0\0\0", 4);
     unsigned char framed[TPM_BUFSIZE + 8];
     put_be32(framed, length);
@@ -304,9 +322,11 @@ static void loop(Pump *pump, int fd, int listen_fd, Request *request, Step *step
             *step = (Step){FAILED, errno, 0};
             return;
         }
-        /* A second command on a connection served in the accepting thread: a long-lived
-         * client.  A new thread takes accepting over, and the polls stop. */
-        if (listen_fd >= 0 && served == 2) {
+        /* A long-lived client on a connection served in the accepting thread: a new thread
+         * takes accepting over, and the polls stop.  Not at the second request: a tool of
+         * tpm2-tools sends a few on each of its connections, and a thread started for each
+         * (~100 us) would cost more than the polls it saves (~0.5 us each). */
+        if (listen_fd >= 0 && served == LONG_CONNECTION) {
             *step = (Step){HANDOVER, 0, 0};
             return;
         }
@@ -448,16 +468,27 @@ static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int Pump_init(Pump *pump, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"process", "locks", "gate", "stores", "framing", "limits",
-                            "send_timeout", "locality", NULL};
+                            "send_timeout", "locality", "acks", NULL};
     unsigned long long process;
-    PyObject *locks, *gate, *stores, *limits = Py_None, *locality = Py_None;
+    PyObject *locks, *gate, *stores, *limits = Py_None, *locality = Py_None, *acks = NULL;
     int framing;
     double send_timeout = 5.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KO!O!O!i|OdO:Pump", names, &process,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KO!O!O!i|OdOO!:Pump", names, &process,
                                      &PyTuple_Type, &locks, &PyTuple_Type, &gate,
                                      native->cell_type, &stores, &framing, &limits,
-                                     &send_timeout, &locality))
+                                     &send_timeout, &locality, &PyTuple_Type, &acks))
         return -1;
+    Py_ssize_t ack_count = acks == NULL ? 0 : PyTuple_GET_SIZE(acks);
+    if (ack_count > MAX_ACKS) {
+        PyErr_Format(PyExc_ValueError, "Pump: at most %d acks", MAX_ACKS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < ack_count; i++) {
+        pump->acks[i] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(acks, i));
+        if (PyErr_Occurred())
+            return -1;
+    }
+    pump->ack_count = ack_count;
     if (framing == CONTROL && !PyObject_TypeCheck(locality, native->cell_type)) {
         PyErr_SetString(PyExc_TypeError, "Pump: CONTROL framing needs the locality Cell");
         return -1;
@@ -472,9 +503,9 @@ static int Pump_init(Pump *pump, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "Pump: needs a process address and a lock");
         return -1;
     }
-    if (framing != SWTPM && framing != MSSIM && framing != CONTROL) {
-        PyErr_Format(PyExc_ValueError, "Pump: framing %d is not SWTPM, MSSIM or CONTROL",
-                     framing);
+    if (framing < SWTPM || framing > PLATFORM) {
+        PyErr_Format(PyExc_ValueError, "Pump: framing %d is not SWTPM, MSSIM, CONTROL or "
+                     "PLATFORM", framing);
         return -1;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(locks); i++) {
@@ -549,8 +580,9 @@ static PyTypeObject PumpType = {
     .tp_name = "apfs.tpm._pump.Pump",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Pump(process, locks, gate, stores, framing, limits=None, send_timeout=5.0): "
-              "a connection's command loop in C; accept() serves a listener's connections.",
+    .tp_doc = "Pump(process, locks, gate, stores, framing, limits=None, send_timeout=5.0, "
+              "locality=None, acks=()): a connection's command loop in C; accept() serves a "
+              "listener's connections.",
     .tp_new = Pump_new,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,
@@ -584,7 +616,9 @@ PyMODINIT_FUNC PyInit__pump(void)
         PyModule_AddIntConstant(m, "STOPPED", STOPPED) < 0 ||
         PyModule_AddIntConstant(m, "SWTPM", SWTPM) < 0 ||
         PyModule_AddIntConstant(m, "MSSIM", MSSIM) < 0 ||
-        PyModule_AddIntConstant(m, "CONTROL", CONTROL) < 0) {
+        PyModule_AddIntConstant(m, "CONTROL", CONTROL) < 0 ||
+        PyModule_AddIntConstant(m, "PLATFORM", PLATFORM) < 0 ||
+        PyModule_AddIntConstant(m, "LONG_CONNECTION", LONG_CONNECTION) < 0) {
         Py_DECREF(m);
         return NULL;
     }

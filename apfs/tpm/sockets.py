@@ -361,7 +361,8 @@ def _send(sock: socket.socket, label: str, reply: Reply) -> bool:
     return True
 
 
-_FRAMINGS = {"swtpm": _pump.SWTPM, "mssim": _pump.MSSIM, "swtpm-control": _pump.CONTROL}
+_FRAMINGS = {"swtpm": _pump.SWTPM, "mssim": _pump.MSSIM, "swtpm-control": _pump.CONTROL,
+             "mssim-platform": _pump.PLATFORM}
 
 
 Outcome = tuple[int, int, bytes, bytes, int]
@@ -379,7 +380,7 @@ class _Pump:
         assert path.finish is not None
         self._native = _pump.Pump(path.process, path.locks, path.gate, path.stores,
                                   _FRAMINGS[path.framing], path.limits, SEND_TIMEOUT,
-                                  path.locality)
+                                  path.locality, path.acks)
         self._finish = path.finish
 
     @classmethod
@@ -553,7 +554,8 @@ def _close_fds(fds: list[int]) -> None:
 
 def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tpm: VTpm,
                sizes: mssim.CommandSizes) -> Pumped:
-    """The mssim command or platform port (SEND_COMMAND runs in C when it may)."""
+    """The mssim command or platform port (SEND_COMMAND, and the signals that change
+    nothing, are answered in C when they may)."""
 
     def serve(connection: Connection, pump: _Pump | None, first: Outcome | None) -> None:
         sock, label = connection.sock, connection.label
@@ -579,5 +581,6 @@ def mssim_port(port_type: type[mssim.CommandPort] | type[mssim.PlatformPort], tp
                 quick_ack(sock)
         _log_early_close(label, port.pending)
 
-    path = mssim.fast_path(tpm, sizes) if port_type is mssim.CommandPort else None
+    path = (mssim.fast_path(tpm, sizes) if port_type is mssim.CommandPort
+            else mssim.platform_fast_path(tpm))
     return Pumped(path, serve)

@@ -154,26 +154,27 @@ def test_a_waiting_client_takes_the_accepting_over_before_this_one_is_read(
             assert serve(pump, server, listener.fileno()) == (_pump.HANDOVER, b"", b"")
 
 
-def test_a_second_command_marks_a_long_connection_and_takes_the_accepting_over(
+def test_a_long_connection_takes_the_accepting_over(
         pump: _pump.Pump, pair: tuple[socket.socket, socket.socket]) -> None:
     client, server = pair
     responses: list[bytes] = []
 
-    def two_commands() -> None:
-        for _ in range(2):
+    def commands() -> None:
+        for _ in range(_pump.LONG_CONNECTION):
             client.sendall(cmd.get_random(8))
-            responses.append(client.recv(4096))
+            responses.append(recv_response(client))
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind("\0apfs-test-pump-quiet")
         listener.listen(1)
-        talker = threading.Thread(target=two_commands)
+        talker = threading.Thread(target=commands)
         talker.start()
         try:
             assert serve(pump, server, listener.fileno()) == (_pump.HANDOVER, b"", b"")
         finally:
             talker.join(10)
-    assert [len(ok(response)) for response in responses] == [10 + 2 + 8] * 2
+    assert [len(ok(response)) for response in responses] == \
+        [10 + 2 + 8] * _pump.LONG_CONNECTION
 
 
 # -- the mssim command port ----------------------------------------------------------------
@@ -343,3 +344,39 @@ def test_set_locality_waits_its_turn_the_python_way_while_the_tpm_is_held(
     request = struct.pack(">IB", sw.CMD_SET_LOCALITY, 2)
     outcome = vtpm.exclusive(lambda send: serve_one(control_pump, pair, request))
     assert outcome == (_pump.OTHER, request, b"") and core.locality == 0
+
+
+# -- the mssim platform port: signals with nothing to do -----------------------------------
+
+@pytest.fixture
+def platform_pump(vtpm: VTpm) -> _pump.Pump:
+    path = mssim.platform_fast_path(vtpm)
+    assert path is not None and path.framing == "mssim-platform"
+    return _pump.Pump(path.process, path.locks, path.gate, path.stores, _pump.PLATFORM,
+                      acks=path.acks)
+
+
+@pytest.mark.parametrize("code", [mssim.TPM_SIGNAL_POWER_ON, mssim.TPM_SIGNAL_NV_ON])
+def test_a_signal_with_nothing_to_do_is_acknowledged_in_c(
+        vtpm: VTpm, platform_pump: _pump.Pump, pair: tuple[socket.socket, socket.socket],
+        code: int) -> None:
+    assert serve_one(platform_pump, pair, struct.pack(">I", code)) == \
+        (_pump.CLOSED, b"", bytes(4))
+    assert vtpm.engine.powered
+
+
+def test_a_signal_that_does_something_is_pythons(vtpm: VTpm, platform_pump: _pump.Pump,
+                                                 pair: tuple[socket.socket, socket.socket]
+                                                 ) -> None:
+    power_off = struct.pack(">I", mssim.TPM_SIGNAL_POWER_OFF)
+    assert serve_one(platform_pump, pair, power_off) == (_pump.OTHER, power_off, b"")
+    assert vtpm.engine.powered
+
+
+def test_power_on_of_a_powered_off_tpm_is_pythons(vtpm: VTpm, platform_pump: _pump.Pump,
+                                                  pair: tuple[socket.socket, socket.socket]
+                                                  ) -> None:
+    vtpm.engine.power_off()
+    power_on = struct.pack(">I", mssim.TPM_SIGNAL_POWER_ON)
+    assert serve_one(platform_pump, pair, power_on) == (_pump.OTHER, power_on, b"")
+    assert not vtpm.engine.powered

@@ -33,9 +33,10 @@ class FastPath:
     are held.  ``stores``: a cell that moves when libtpms stored its permanent state.
 
     A front end says how its requests are framed (``framing``: ``"swtpm"`` raw data
-    commands, ``"mssim"`` SEND_COMMAND, or ``"swtpm-control"``: CMD_SET_LOCALITY, which
-    sets the ``locality`` cell) and may set ``limits``: cells holding the largest command
-    and response sizes it lets pass without looking.  A command that moved
+    commands, ``"mssim"`` SEND_COMMAND, ``"swtpm-control"``: CMD_SET_LOCALITY, which sets
+    the ``locality`` cell, or ``"mssim-platform"``: the signal codes in ``acks``, which
+    have nothing to do while the gate holds) and may set ``limits``: cells holding the
+    largest command and response sizes it lets pass without looking.  A command that moved
     the stores, whose response fails the device's checks or whose sizes exceed the limits
     is handed to ``finish`` with the request as read and the response, the first lock
     still held: ``finish`` does what Python would have done after the command (checks,
@@ -49,11 +50,12 @@ class FastPath:
     framing: str = "swtpm"
     limits: tuple[Cell, Cell] | None = None
     locality: Cell | None = None
+    acks: tuple[int, ...] = ()
 
     def behind(self, *, lock: object | None = None, gate: Gate = (),
                finish: Finish | None = None, **front_end: Any) -> FastPath:
         """This path as seen through one more layer: its lock taken first, its gate entries,
         its ``finish`` (which then owns that lock), a front end's ``framing``, ``limits``,
-        ``locality``."""
+        ``locality``, ``acks``."""
         return replace(self, locks=self.locks if lock is None else (lock, *self.locks),
                        gate=self.gate + gate, finish=finish or self.finish, **front_end)

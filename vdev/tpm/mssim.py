@@ -318,3 +318,16 @@ _PLATFORM_SIGNALS: dict[int, Callable[[VTpm], str | None]] = {
 """Platform signal → what it does to the TPM (a note for the log when it cannot)."""
 _NOT_QUEUED = frozenset({TPM_SIGNAL_CANCEL_ON})
 """Signals that must not wait behind the running command (the one they cancel)."""
+_NOTHING_TO_DO_WHILE_POWERED = (TPM_SIGNAL_POWER_ON, *sorted(
+    code for code, action in _PLATFORM_SIGNALS.items() if action is _accepted))
+"""Signals that change nothing on a powered TPM (``_power_on`` is idempotent): tpm2-tss's
+mssim TCTI sends POWER_ON and NV_ON on a platform connection of its own for every tool."""
+
+
+def platform_fast_path(tpm: VTpm) -> FastPath | None:
+    """How C acknowledges the platform port's signals that change nothing while the TPM is
+    powered (:data:`_NOTHING_TO_DO_WHILE_POWERED`), in the TPM's turn as
+    :class:`PlatformPort` takes it."""
+    path = tpm.fast_path()
+    return None if path is None else path.behind(framing="mssim-platform",
+                                                 acks=_NOTHING_TO_DO_WHILE_POWERED)
