@@ -408,22 +408,35 @@ static PyObject *outcome(Pump *pump, Step *step, int fd, Request *request)
                          (Py_ssize_t)step->response, step->error);
 }
 
-static PyObject *Pump_serve(Pump *pump, PyObject *args)
+/* serve() (fd >= 0) and accept() (fd -1): the loop without the GIL, then its outcome. */
+static PyObject *served(Pump *pump, int fd, int listen_fd)
 {
-    int fd, listen_fd;
-    if (!PyArg_ParseTuple(args, "ii:serve", &fd, &listen_fd))
-        return NULL;
     Request *request = PyMem_RawMalloc(sizeof(Request));
     if (request == NULL)
         return PyErr_NoMemory();
     request->length = 0;
     Step step;
     Py_BEGIN_ALLOW_THREADS
-    loop(pump, fd, listen_fd, request, &step);
+    if (fd < 0)
+        fd = accept_loop(pump, listen_fd, request, &step);
+    else
+        loop(pump, fd, listen_fd, request, &step);
     Py_END_ALLOW_THREADS
     PyObject *result = outcome(pump, &step, fd, request);
     PyMem_RawFree(request);
     return result;
+}
+
+static PyObject *Pump_serve(Pump *pump, PyObject *args)
+{
+    int fd, listen_fd;
+    if (!PyArg_ParseTuple(args, "ii:serve", &fd, &listen_fd))
+        return NULL;
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "Pump.serve: descriptor %d", fd);
+        return NULL;
+    }
+    return served(pump, fd, listen_fd);
 }
 
 static PyObject *Pump_accept(Pump *pump, PyObject *args)
@@ -431,18 +444,7 @@ static PyObject *Pump_accept(Pump *pump, PyObject *args)
     int listen_fd;
     if (!PyArg_ParseTuple(args, "i:accept", &listen_fd))
         return NULL;
-    Request *request = PyMem_RawMalloc(sizeof(Request));
-    if (request == NULL)
-        return PyErr_NoMemory();
-    request->length = 0;
-    Step step;
-    int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = accept_loop(pump, listen_fd, request, &step);
-    Py_END_ALLOW_THREADS
-    PyObject *result = outcome(pump, &step, fd, request);
-    PyMem_RawFree(request);
-    return result;
+    return served(pump, -1, listen_fd);
 }
 
 static PyObject *Pump_stop(Pump *pump, PyObject *unused)

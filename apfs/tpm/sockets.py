@@ -11,6 +11,13 @@ event loop's wake-ups (the naive trio server measured 2x swtpm).  The TPM comman
 the connection's thread (``VTpm.transmit`` is thread-safe and serves callers in arrival
 order), so a slow RSA key generation holds neither the FUSE loop nor other clients' reads.
 
+The per-request loop is C (``apfs/tpm/_pump.c``, :class:`_Pump`): a connection's commands,
+and the requests that only acknowledge (swtpm's CMD_SET_LOCALITY, mssim's idle signals),
+run without Python while the vTPM's :class:`~vdev.tpm.fastpath.FastPath` allows; a listener
+served inline is accepted from in C too.  What C hands back — a request it does not take,
+a command that must be saved first, a connection that needs Python — is served here, the
+Python way, by the same handler.
+
 Every connection ends with one log line when it ends for a reason other than the client's
 own orderly close: a malformed frame, a client that stops reading its responses (sends time
 out after :data:`SEND_TIMEOUT`), a refused request.  No exception leaves a connection thread:
