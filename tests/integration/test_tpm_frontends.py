@@ -241,15 +241,21 @@ def test_commands_run_in_c_and_in_python_share_the_tpm_one_at_a_time(tcp: TpmMou
 
 
 def test_sigterm_closes_the_servers(tmp_path: Path) -> None:
+    """SIGTERM removes the socket file, stops listening, and closes a client's idle
+    connection too (one the C loop accepted and serves: Servers.close() stops it)."""
     path = tmp_path / "tpm.sock"
     with tpm_mount(tmp_path, "--tpm-port", "0", "--tpm-socket", str(path)) as mounted:
         assert path.is_socket()
+        idle = connect(mounted.port)
+        assert commands.response_code(tpm_round_trip(idle, "swtpm", READ_CLOCK)) == 0
         pid = daemon_pid(mounted.mount.root)
         assert pid is not None
         os.kill(pid, signal.SIGTERM)
         assert wait_until(lambda: not path.exists(), timeout=10), "socket file left behind"
         with pytest.raises(OSError):
             connect(mounted.port).close()
+        with idle:
+            assert closed_by_server(idle)
 
 
 def test_a_taken_port_or_socket_path_is_refused_naming_it(tmp_path: Path) -> None:
