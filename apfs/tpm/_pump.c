@@ -160,6 +160,13 @@ static int within_limits(Pump *pump, uint32_t command, uint32_t response)
             response <= (unsigned long)cell_value(PyTuple_GET_ITEM(pump->limits, 1)));
 }
 
+/* Framings whose requests the pump answers with u32 0 and no command (CONTROL's
+ * SET_LOCALITY, PLATFORM's idle signals). */
+static int acknowledges(const Pump *pump)
+{
+    return pump->framing == CONTROL || pump->framing == PLATFORM;
+}
+
 /* What the virtio device checks of a response (VirtioTpm.check_response says why). */
 static int response_ok(const unsigned char *response, uint32_t length)
 {
@@ -265,19 +272,15 @@ static int run(Pump *pump, Request *request, uint32_t *length, Step *step)
         *step = (Step){OTHER, 0, 0};
         return 0;
     }
+    /* swtpm's control channel takes CMD_SET_LOCALITY in any power state: no gate there. */
     if (pump->framing != CONTROL && !gate_open(pump)) {
         release_from(pump, 0);
         *step = (Step){OTHER, 0, 0};
         return 0;
     }
-    if (pump->framing == CONTROL) {
-        /* What Swtpm._set_locality does, in the TPM's turn as Python takes it. */
-        cell_set(pump->locality, request->buf[4]);
-        release_from(pump, 0);
-        *length = 0;
-        return 1;
-    }
-    if (pump->framing == PLATFORM) { /* a signal with nothing to do, in the TPM's turn */
+    if (acknowledges(pump)) { /* in the TPM's turn, as Python takes the request */
+        if (pump->framing == CONTROL) /* what Swtpm._set_locality does */
+            cell_set(pump->locality, request->buf[4]);
         release_from(pump, 0);
         *length = 0;
         return 1;
@@ -301,7 +304,7 @@ static int send_response(Pump *pump, int fd, uint32_t length)
 {
     if (pump->framing == SWTPM)
         return send_all(fd, pump->response, length);
-    if (pump->framing == CONTROL || pump->framing == PLATFORM) /* TPM_SUCCESS, ACK */
+    if (acknowledges(pump)) /* TPM_SUCCESS, ACK */
         return send_all(fd, (const unsigned char *)"\0\0\0\0", 4);
     unsigned char framed[TPM_BUFSIZE + 8];
     put_be32(framed, length);

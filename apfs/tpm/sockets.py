@@ -53,6 +53,9 @@ RECV_SIZE = 65536
 SEND_TIMEOUT = 5.0
 """A client that has not taken a response within this many seconds is dropped."""
 JOIN_TIMEOUT = 5.0
+_ACCEPT_AGAIN = (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE)
+"""accept() errors after which the loop accepts again (a client gone before its accept, or
+no descriptor free right now); any other means close() shut the listener."""
 LOOPBACK = "127.0.0.1"
 
 
@@ -227,17 +230,15 @@ class Servers:
             try:
                 sock, peer = listener.accept()
             except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EMFILE, errno.ENFILE):
+                if exc.errno in _ACCEPT_AGAIN:
                     continue
                 return  # the listener was shut down by close()
             label = f"{name} {_peer(peer)}"
             if not inline:
                 self.run_connection(sock, label, handler)
-            elif self._register(sock):
-                connection = Connection(sock, label, listener, hand_over)
-                self._connection(connection, handler)
-                if connection.handed_over:
-                    return  # another thread accepts now
+            elif self._serve_here(self._register(sock), sock, label, listener, hand_over,
+                                  handler):
+                return
 
     def _pumped_accept_loop(self, listener: socket.socket, name: str, handler: Pumped,
                             path: FastPath, hand_over: Callable[[], None]) -> None:
@@ -256,7 +257,7 @@ class Servers:
                 if what == _pump.STOPPED:
                     return
                 if fd < 0:  # accept() itself failed
-                    if error in (errno.EMFILE, errno.ENFILE):
+                    if error in _ACCEPT_AGAIN:
                         continue
                     return  # the listener was shut down by close()
                 sock = socket.socket(fileno=fd)
@@ -264,19 +265,28 @@ class Servers:
                     label = f"{name} {_peer(sock.getpeername())}"
                 except OSError:  # the client is gone already
                     label = f"{name} (gone)"
-                if not self._register(sock):
-                    return
-                connection = Connection(sock, label, listener, hand_over)
 
                 def serve(connection: Connection, first: Outcome = outcome) -> None:
                     handler.serve(connection, pump, first)
 
-                self._connection(connection, serve)
-                if connection.handed_over:
-                    return  # another thread accepts now
+                # C set the connection's options already: only tracked here.
+                if self._serve_here(self._track(sock), sock, label, listener, hand_over, serve):
+                    return
         finally:
             with self._lock:
                 self._pumps.discard(pump)
+
+    def _serve_here(self, tracked: bool, sock: socket.socket, label: str,
+                    listener: socket.socket, hand_over: Callable[[], None],
+                    handler: Handler) -> bool:
+        """Serve a connection in its accepting thread (``tracked``: :meth:`_track` took it);
+        True when this thread stops accepting (another one accepts now, or the servers are
+        closed)."""
+        if not tracked:
+            return True
+        connection = Connection(sock, label, listener, hand_over)
+        self._connection(connection, handler)
+        return connection.handed_over
 
     def run_connection(self, sock: socket.socket, label: str, handler: Handler) -> None:
         """Serve ``sock`` with ``handler`` in a thread of its own; the socket is closed at
@@ -285,10 +295,15 @@ class Servers:
             self._start(self._connection, (Connection(sock, label), handler), label)
 
     def _register(self, sock: socket.socket) -> bool:
-        """Set a new connection's options and track it (False: closed, as the servers are)."""
+        """Set a new connection's options and track it (False: closed, as the servers are).
+        ``apfs/tpm/_pump.c`` gives the connections it accepts the same options."""
         if sock.family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _set_send_timeout(sock)
+        return self._track(sock)
+
+    def _track(self, sock: socket.socket) -> bool:
+        """Track a connection for :meth:`close` (False: closed already, and so is ``sock``)."""
         with self._lock:
             if self._closed:
                 sock.close()

@@ -42,7 +42,8 @@ from vdev.tpm.engine import MAX_LOCALITY, TpmState
 from vdev.tpm.errors import TpmError, TpmLibraryError, TpmStateError
 from vdev.tpm.fastpath import FastPath
 from vdev.tpm.frontend import MAX_BLOB, MAX_COMMAND, U32, Malformed, run_command
-from vdev.tpm.swtpm_blob import TPM_BAD_PARAMETER, TPM_FAIL, BlobRefused, unwrap, wrap
+from vdev.tpm.libtpms import TPM_FAIL, TPM_RETRY, TPM_SUCCESS
+from vdev.tpm.swtpm_blob import TPM_BAD_PARAMETER, BlobRefused, unwrap, wrap
 from vdev.tpm.vtpm import VTpm
 
 # -- control commands (swtpm's include/swtpm/tpm_ioctl.h) ----------------------------------
@@ -67,14 +68,12 @@ CMD_GET_INFO = 0x12
 
 CMD_NAMES = {value: name for name, value in globals().items() if name.startswith("CMD_")}
 
-# -- results: TPM 1.2 TPM_RESULT codes, as ctrlchannel.c answers (TPM_BAD_PARAMETER and
-# TPM_FAIL come with the state blob checks of vdev.tpm.swtpm_blob) -------------------------
-TPM_SUCCESS = 0
+# -- results: TPM 1.2 TPM_RESULT codes, as ctrlchannel.c answers (TPM_SUCCESS, TPM_FAIL and
+# TPM_RETRY are the libtpms binding's, TPM_BAD_PARAMETER the state blob checks') ----------
 TPM_BAD_ORDINAL = 0x0A
 TPM_IOERROR = 0x1F
 TPM_BAD_TYPE = 0x34
 TPM_BAD_LOCALITY = 0x3D
-TPM_RETRY = 0x800
 
 CAPABILITIES = 0xFFFF
 """swtpm 0.7.1 for a TPM 2.0: PTM_CAP_INIT (1) through PTM_CAP_GET_INFO (1 << 14), with

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import struct
 
-# -- TPM_RESULTs of swtpm's checks (TPM 1.2 codes, libtpms's tpm_error.h) -----------------
+from vdev.tpm.libtpms import TPM_FAIL
+
+# -- TPM_RESULTs of swtpm's checks (TPM 1.2 codes, libtpms's tpm_error.h; TPM_FAIL is the
+# binding's) -------------------------------------------------------------------------------
 TPM_BAD_PARAMETER = 0x03
-TPM_FAIL = 0x09
 TPM_KEYNOTFOUND = 0x0D
 TPM_BAD_DATASIZE = 0x2B
 TPM_BAD_VERSION = 0x2E
